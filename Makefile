@@ -1,0 +1,53 @@
+# The two commands of the README:
+#   make demo   runs the main job on embedded defaults
+#   make test   runs the test suite
+# Both create .venv and install what they need (Debian packages too, when run as root).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEB_PACKAGES := mosquitto espeak-ng libportaudio2 tmux
+
+.PHONY: test demo bench lint system-deps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Debian packages the tests use (a real Mosquitto broker, espeak-ng voices, PortAudio, tmux).
+# Installed only when running as root and only when one is missing; otherwise a note says what to install.
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+	  || (sleep 5; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing); \
+	else \
+	  echo "note: missing Debian packages:$$missing (run 'sudo apt-get install$$missing')"; \
+	fi
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+test: system-deps $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/assistant demo
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/sda_seed.py --json
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
