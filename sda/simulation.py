@@ -105,7 +105,7 @@ def run(cfg: SimulationConfig, show_progress: bool = True) -> SimulationReport:
     )
     secs["setup"] = time.perf_counter() - t0
 
-    server = Server(announce, registry)
+    server = Server(announce, registry, recipient=recipient_id)
     fp_scale, upload = announce.scale, 0
     true_sum = np.zeros(cfg.dimension)
     true_field = np.zeros(cfg.dimension, np.int64)

@@ -87,7 +87,9 @@ class Clerk:
             raise ProtocolError(f"{a.aggregation_id}: snapshot hash does not match the participant set")
         B = a.blocks
         if len(job.summed_shares) != 4 * B:
-            raise MessageError(f"clerk_job.summed_shares: expected {4 * B} bytes, got {len(job.summed_shares)}")
+            raise MessageError(
+                f"clerk_job.summed_shares: expected {4 * B} bytes, got {len(job.summed_shares)}"
+            )
         try:
             summed = F.from_uint32_bytes(job.summed_shares, a.p)
         except ValueError as exc:

@@ -75,6 +75,8 @@ def open_announce(raw: bytes, coordinator_id: str, coordinator_key: bytes) -> An
 
     a, env = open_signed(raw, Announce, lambda s: coordinator_key if s == coordinator_id else None)
     if a.coordinator_id != env.signer:
-        raise UnknownSender(f"announce names coordinator {a.coordinator_id!r} but is signed by {env.signer!r}")
+        raise UnknownSender(
+            f"announce names coordinator {a.coordinator_id!r} but is signed by {env.signer!r}"
+        )
     check_announce(a)
     return a

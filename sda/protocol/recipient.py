@@ -11,7 +11,14 @@ import numpy as np
 from .. import crypto
 from .. import field as F
 from ..encoding import centred
-from ..errors import AlreadyProcessed, CryptoError, MessageError, ProtocolError, ReconstructionError, UnknownSender
+from ..errors import (
+    AlreadyProcessed,
+    CryptoError,
+    MessageError,
+    ProtocolError,
+    ReconstructionError,
+    UnknownSender,
+)
 from .clerk import result_info
 from .messages import Announce, ClerkResult, open_signed
 from .params import check_announce, fixed_point_of
@@ -71,7 +78,9 @@ class Recipient:
         if res.aggregation_id != a.aggregation_id:
             raise ProtocolError(f"result for {res.aggregation_id!r}, not {a.aggregation_id!r}")
         if res.snapshot_hash != self.snapshot_hash:
-            raise ProtocolError(f"{a.aggregation_id}: result of {res.clerk_id} is for another participant set")
+            raise ProtocolError(
+                f"{a.aggregation_id}: result of {res.clerk_id} is for another participant set"
+            )
         if now > a.result_deadline:
             raise ProtocolError(f"{a.aggregation_id}: result of {res.clerk_id} after the deadline")
         idx = a.member_index(res.clerk_id)

@@ -10,9 +10,10 @@ import numpy as np
 
 from .. import crypto
 from .. import field as F
-from ..errors import AlreadyProcessed, MessageError, ProtocolError, UnknownSender
+from ..errors import AlreadyProcessed, CryptoError, MessageError, ProtocolError, UnknownSender
 from .messages import Announce, ClerkJob, Participation, open_signed, seal
 from .params import check_announce
+from .participant import seed_info
 from .registry import Registry
 from .snapshot import bitmap_bytes, encode_bitmap, snapshot_hash
 
@@ -39,8 +40,12 @@ class Snapshot:
 class Server:
     """Collect and snapshot one aggregation. Holds no socket and no clock."""
 
-    def __init__(self, announce: Announce, registry: Registry):
+    def __init__(self, announce: Announce, registry: Registry,
+                 recipient: crypto.Identity | None = None):
+        """recipient: when the coordinator is also the recipient, pass its identity so each
+        sealed seed is checked on arrival; one that does not open would spoil the whole sum."""
         check_announce(announce)
+        self.recipient = recipient
         if registry.snapshot_hash != announce.registry_hash or len(registry) != announce.registry_size:
             raise ProtocolError("the registry does not match the snapshot the announce names")
         self.announce = announce
@@ -78,6 +83,12 @@ class Server:
             F.from_uint32_bytes(msg.padded_shares, a.p)
         except ValueError as exc:
             raise MessageError(f"participation.padded_shares: {exc}") from exc
+        if self.recipient is not None:
+            try:
+                crypto.open_from(self.recipient.exchange, msg.sealed_seed,
+                                 seed_info(a.aggregation_id, msg.device_id))
+            except CryptoError as exc:
+                raise MessageError(f"participation of {msg.device_id}: sealed seed does not open") from exc
         if len(self._inputs) >= a.max_participants:
             raise ProtocolError(f"{a.aggregation_id}: already {a.max_participants} participants")
         self._inputs[idx] = (msg.padded_shares, msg.sealed_seed)

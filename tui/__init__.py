@@ -1,0 +1,1 @@
+"""The Textual labelling UI; it talks to the device only through `assistant`'s store API."""
