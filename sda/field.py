@@ -128,13 +128,18 @@ def prod_mod(a: np.ndarray, p: int, axis: int = -1) -> np.ndarray:
 def matmul(A: np.ndarray, X: np.ndarray, p: int) -> np.ndarray:
     """A @ X mod p without int64 overflow.
 
-    A: (a, r) in [0, p); X: (r, b) or (r,) in [0, p); r <= 2^16. Returns (a, b) or (a,).
-    X is split as X = X_hi * 2^16 + X_lo so each partial product is < 2^47.
+    A: (a, r) in [0, p); X: (r, b) or (r,) in [0, p). Returns (a, b) or (a,).
+    X is split as X = X_hi * 2^16 + X_lo so each partial product is < 2^47; an inner dimension
+    above 2^16 is cut into chunks of 2^16 whose results are summed mod p.
     """
     A = np.asarray(A, np.int64)
     X = np.asarray(X, np.int64)
-    if A.shape[-1] > MAX_INNER:
-        raise ParameterError(f"inner dimension must be <= {MAX_INNER}, got {A.shape[-1]}")
+    inner = A.shape[-1]
+    if inner > MAX_INNER:  # longer inner products: sum chunks of 2^16 mod p
+        out = matmul(A[:, :MAX_INNER], X[:MAX_INNER], p)
+        for s in range(MAX_INNER, inner, MAX_INNER):
+            out = np.mod(out + matmul(A[:, s : s + MAX_INNER], X[s : s + MAX_INNER], p), p)
+        return out
     lo = X & 0xFFFF
     hi = X >> 16
     return np.mod(np.mod(A @ hi, p) * 65536 + np.mod(A @ lo, p), p)

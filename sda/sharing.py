@@ -238,8 +238,10 @@ class PackedShamir:
         else:
             # One random combination of the blocks is itself a codeword whose errors sit at
             # the union of the blocks' wrong positions (with probability >= 1 - B/p).
-            coeffs = np.frombuffer(os.urandom(8 * shares.shape[1]), np.uint64) % np.uint64(self.p)
-            combined = F.matmul(shares, coeffs.astype(np.int64), self.p)
+            # Coefficients in [1, p): a zero would hide that block's errors.
+            raw = np.frombuffer(os.urandom(8 * shares.shape[1]), np.uint64)
+            coeffs = (raw % np.uint64(self.p - 1)).astype(np.int64) + 1
+            combined = F.matmul(shares, coeffs, self.p)
             wrong = self._locate_errors(indices, combined, e)
         good = [i for i in range(m) if i not in set(wrong)]
         if len(good) < r:
