@@ -128,6 +128,15 @@ def pairwise_key(own: X25519PrivateKey, own_public: bytes, peer_public: bytes) -
     return HKDF(hashes.SHA256(), KEY_BYTES, None, _PAIRWISE_INFO + lo + hi).derive(shared)
 
 
+def check_box_key(public: bytes) -> None:
+    """Refuse an X25519 key that gives no shared secret (small order): to be run on every key
+    at registration, since one such device key would stop every clerk's job."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError as exc:
+        raise CryptoError("X25519 key of small order or wrong length") from exc
+
+
 class PairwiseKeys:
     """Long-term pairwise keys of one party, derived on first use and then cached.
 

@@ -9,6 +9,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -200,7 +201,7 @@ def test_sign_signs_exactly_the_domain_separated_message(signer_id, payload):
 
 
 def test_field_stream_matches_rfc8439_2_4_2_keystream():
-    keystream = bytes(a ^ b for a, b in zip(CHACHA_PT_242, CHACHA_CT_242))
+    keystream = bytes(a ^ b for a, b in zip(CHACHA_PT_242, CHACHA_CT_242, strict=True))
     assert len(keystream) == 114
     n = len(keystream) // 4  # 28 full words
     words = [int.from_bytes(keystream[4 * i : 4 * i + 4], "little") & (2**31 - 1) for i in range(n)]
@@ -348,7 +349,8 @@ def test_pads_rows_equal_pad(p):
 def test_pad_sum_equals_sum_of_pads(p, batch):
     keys = [key_of(f"ps{i}") for i in range(10)]
     count = 40
-    expected = [sum(int(v) for v in col) % p for col in zip(*(crypto.pad(k, "a", count, p) for k in keys))]
+    rows = [crypto.pad(k, "a", count, p) for k in keys]
+    expected = [sum(int(v) for v in col) % p for col in zip(*rows, strict=True)]
     got = crypto.pad_sum(keys, "a", count, p, batch=batch)
     assert got.shape == (count,)
     assert got.tolist() == expected
@@ -360,7 +362,8 @@ def test_pad_sum_equals_sum_of_pads(p, batch):
 def test_mask_sum_equals_sum_of_masks(p, batch):
     seeds = [key_of(f"seed{i}") for i in range(9)]
     count = 33
-    expected = [sum(int(v) for v in col) % p for col in zip(*(crypto.mask(s, "a", count, p) for s in seeds))]
+    rows = [crypto.mask(s, "a", count, p) for s in seeds]
+    expected = [sum(int(v) for v in col) % p for col in zip(*rows, strict=True)]
     got = crypto.mask_sum(seeds, "a", count, p, batch=batch)
     assert got.tolist() == expected
 
@@ -438,7 +441,7 @@ def test_pairwise_keys_keys_for_order_and_fills_cache():
     assert len(set(got)) == 5
     assert set(cache) == set(pubs)
     # peers derive the same keys on their side
-    for priv, pub in zip(privs, pubs):
+    for priv, pub in zip(privs, pubs, strict=True):
         assert cache[pub] == crypto.pairwise_key(priv, pub, own_pub)
 
 
@@ -478,10 +481,11 @@ def test_seal_uses_x25519_hkdf_sha256_chacha20poly1305(recipient):
     suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
     assert suite.decrypt(sealed, priv, b"ctx") == b"suite check"
     other = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTag):
         other.decrypt(sealed, priv, b"ctx")
     # and we open what an independent sender seals with that suite
-    assert crypto.open_from(priv, suite.encrypt(b"from outside", priv.public_key(), b"ctx"), b"ctx") == b"from outside"
+    outside = suite.encrypt(b"from outside", priv.public_key(), b"ctx")
+    assert crypto.open_from(priv, outside, b"ctx") == b"from outside"
 
 
 def test_open_wrong_info_fails(recipient):
@@ -663,3 +667,12 @@ def test_random_field_elements_default_is_os_randomness():
     assert a.tolist() != b.tolist()
     c = crypto.random_field_elements(64, P31, os.urandom)
     assert c.tolist() != a.tolist()
+
+
+def test_check_box_key_refuses_small_order_and_wrong_length_keys():
+    from sda.crypto import Identity, check_box_key
+
+    check_box_key(Identity.generate().public().box_key)
+    for bad in (bytes(32), (1).to_bytes(32, "little"), bytes(31)):
+        with pytest.raises(CryptoError):
+            check_box_key(bad)

@@ -16,7 +16,9 @@ from .snapshot import decode_bitmap, snapshot_hash
 
 @dataclass(frozen=True)
 class ClerkDone:
-    """Outcome of a job: persist `aggregation_id` as processed, then publish `envelope`."""
+    """Outcome of a job. Persist `aggregation_id` as processed together with `envelope`, then
+    publish; a job delivered again after a crash is answered by re-sending the stored envelope,
+    never by computing a second result."""
 
     aggregation_id: str
     participants: int

@@ -30,6 +30,15 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise MessageError(f"msgpack ext type {code} is not allowed")
 
 
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    # msgpack would keep the last of two equal keys; another decoder might keep the first,
+    # so one signature could carry two readings. Refuse the ambiguity.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise MessageError("a map repeats a key")
+    return out
+
+
 def unpack(raw: bytes, what: str) -> Any:
     """Decode one msgpack object from untrusted bytes; MessageError on anything odd."""
     if not isinstance(raw, bytes | bytearray | memoryview):
@@ -39,6 +48,7 @@ def unpack(raw: bytes, what: str) -> Any:
     try:
         return msgpack.unpackb(
             raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_refuse_ext,
+            object_pairs_hook=_unique_map,
         )
     except MessageError:
         raise

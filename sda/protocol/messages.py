@@ -19,6 +19,8 @@ PROTOCOL_VERSION = 1
 MAX_COMMITTEE = 4096
 MAX_PARTICIPANTS = 2**24
 MAX_DIMENSION = 2**22
+#: Most blocks (field elements per clerk per participant) a job or result may carry.
+MAX_BLOCKS = 2**20
 #: A 32-byte seed sealed with HPKE.
 SEALED_SEED_BYTES = crypto.SEED_BYTES + crypto.SEAL_OVERHEAD
 _P_MAX = 2**31 - 1
@@ -206,7 +208,7 @@ class ClerkJob(Message):
         "clerk_id": c.ident(),
         "snapshot_hash": c.blob(exact=32),
         "participants": c.blob(max_len=MAX_PARTICIPANTS // 8 + 1024),
-        "summed_shares": c.blob(max_len=4 * 2**20, multiple=4),
+        "summed_shares": c.blob(max_len=4 * MAX_BLOCKS, multiple=4),
     }
 
 
@@ -224,7 +226,7 @@ class ClerkResult(Message):
         "aggregation_id": c.ident(),
         "clerk_id": c.ident(),
         "snapshot_hash": c.blob(exact=32),
-        "sealed_share": c.blob(max_len=4 * 2**20 + crypto.SEAL_OVERHEAD),
+        "sealed_share": c.blob(max_len=4 * MAX_BLOCKS + crypto.SEAL_OVERHEAD),
     }
 
 

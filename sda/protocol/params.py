@@ -7,7 +7,8 @@ from ..encoding import FixedPoint, check_capacity
 from ..errors import ParameterError
 from ..field import check_modulus
 from ..sharing import PackedShamir
-from .messages import Announce
+from .codec import MAX_MESSAGE_BYTES
+from .messages import MAX_BLOCKS, Announce
 
 
 def check_thresholds(k: int, t: int, n: int) -> None:
@@ -60,6 +61,22 @@ def check_announce(a: Announce) -> PackedShamir:
         raise ParameterError("result deadline must come after the participation deadline")
     if (a.noise_mechanism == "none") != (a.noise_added_by == "none"):
         raise ParameterError("noise mechanism and who adds it must both be set or both be 'none'")
+    if a.noise_mechanism == "none" and (a.noise_sigma != 0 or a.noise_headroom != 0):
+        raise ParameterError("noise_sigma and noise_headroom must be 0 when noise_mechanism is 'none'")
+    if a.noise_mechanism != "none" and (a.noise_sigma <= 0 or a.noise_headroom <= 0):
+        raise ParameterError(
+            f"noise mechanism {a.noise_mechanism!r} needs noise_sigma > 0 and noise_headroom > 0"
+        )
+    # Every message of the round must fit the codec's limits, or the round could never finish.
+    B = a.blocks
+    if B > MAX_BLOCKS:
+        raise ParameterError(f"B = ceil(d/k) = {B} blocks exceeds {MAX_BLOCKS}; raise k or lower d")
+    upload = a.n * B * 4 + 1024
+    if upload > MAX_MESSAGE_BYTES:
+        raise ParameterError(
+            f"a participation would be {upload} bytes (n={a.n}, B={B}), over the"
+            f" {MAX_MESSAGE_BYTES}-byte message limit; raise k or lower d or n"
+        )
     fp = fixed_point_of(a)
     check_capacity(a.p, a.max_participants, fp.max_abs_value, a.noise_headroom)
     return scheme_of(a)

@@ -65,14 +65,14 @@ class Server:
             raise UnknownSender(f"participation for {msg.device_id!r} signed by {env.signer!r}")
         if msg.aggregation_id != a.aggregation_id:
             raise ProtocolError(f"participation for {msg.aggregation_id!r}, not {a.aggregation_id!r}")
-        if self.snapshot_taken is not None:
-            raise ProtocolError(f"{a.aggregation_id}: round closed, participation of {msg.device_id} ignored")
-        if now > a.participation_deadline:
-            raise ProtocolError(f"{a.aggregation_id}: participation of {msg.device_id} after the deadline")
         idx = self.registry.index_of(msg.device_id)
         assert idx is not None  # open_signed found its key
         if idx in self._inputs:
             raise AlreadyProcessed(f"{a.aggregation_id}: duplicate participation of {msg.device_id}")
+        if self.snapshot_taken is not None:
+            raise ProtocolError(f"{a.aggregation_id}: round closed, participation of {msg.device_id} ignored")
+        if now > a.participation_deadline:
+            raise ProtocolError(f"{a.aggregation_id}: participation of {msg.device_id} after the deadline")
         want = a.n * a.blocks * 4
         if len(msg.padded_shares) != want:
             raise MessageError(
