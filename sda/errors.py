@@ -46,3 +46,11 @@ class UnknownSender(ProtocolError):
 
 class AlreadyProcessed(ProtocolError):
     """A second job, participation or result for an aggregation that was already handled."""
+
+
+class TransportError(SdaError):
+    """The broker or the connection to it failed."""
+
+
+class StorageError(SdaError):
+    """The service's database refused an operation or holds something unexpected."""

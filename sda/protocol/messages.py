@@ -289,3 +289,51 @@ def open_signed(raw: bytes, kind: type[M], public_key_of: Any) -> tuple[M, Envel
         raise UnknownSender(f"{kind.TYPE} signed by unknown party {env.signer!r}")
     env.verify(key)
     return kind.decode(env.payload), env
+
+
+@dataclass(frozen=True)
+class Registration(Message):
+    """A party's public keys, signed with its own Ed25519 key (retained on registry/{party}).
+
+    The broker's ACL lets only the authenticated `party_id` write that topic, which is what
+    binds the keys to the provisioned identity.
+    """
+
+    TYPE: ClassVar[str] = "registration"
+    party_id: str
+    role: str
+    sign_key: bytes
+    box_key: bytes
+
+    SCHEMA: ClassVar[dict[str, c.Validator]] = {
+        "party_id": c.ident(),
+        "role": c.choice("device", "clerk"),
+        "sign_key": c.blob(exact=crypto.KEY_BYTES),
+        "box_key": c.blob(exact=crypto.KEY_BYTES),
+    }
+
+
+def _entry(where: str, v: Any) -> tuple[str, bytes, bytes]:
+    if not isinstance(v, list) or len(v) != 3:
+        raise MessageError(f"{where}: expected [device_id, sign_key, box_key]")
+    return (
+        c.ident()(f"{where}.device_id", v[0]),
+        c.blob(exact=crypto.KEY_BYTES)(f"{where}.sign_key", v[1]),
+        c.blob(exact=crypto.KEY_BYTES)(f"{where}.box_key", v[2]),
+    )
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot(Message):
+    """The coordinator's ordered device registry; participant bitmaps index into it."""
+
+    TYPE: ClassVar[str] = "registry_snapshot"
+    coordinator_id: str
+    registry_hash: bytes
+    entries: tuple[tuple[str, bytes, bytes], ...]
+
+    SCHEMA: ClassVar[dict[str, c.Validator]] = {
+        "coordinator_id": c.ident(),
+        "registry_hash": c.blob(exact=32),
+        "entries": c.array_of(_entry, 1, MAX_PARTICIPANTS),
+    }

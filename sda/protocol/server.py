@@ -94,6 +94,13 @@ class Server:
         self._inputs[idx] = (msg.padded_shares, msg.sealed_seed)
         return msg.device_id
 
+    def stored(self, device_id: str) -> tuple[bytes, bytes]:
+        """(padded shares, sealed seed) of an accepted participation, to persist."""
+        idx = self.registry.index_of(device_id)
+        if idx is None or idx not in self._inputs:
+            raise KeyError(device_id)
+        return self._inputs[idx]
+
     @property
     def participant_count(self) -> int:
         """Participations accepted so far."""

@@ -1,0 +1,1 @@
+"""The `sda` services: coordinator, clerk and the participant client, over MQTT and SQLite."""

@@ -1,0 +1,223 @@
+"""The clerk daemon: registers its keys, takes jobs, answers each aggregation exactly once.
+
+State (SQLite, WAL): the aggregations processed with the result sent for each (persisted before
+the result is published, so a redelivered job gets the same result again and never a second
+one), the pairwise keys derived so far (a restart stays warm), the registry snapshots and the
+announces seen. The same class runs stand-alone (`sda clerk`) or inside the device service.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import crypto
+from ..errors import AlreadyProcessed, SdaError
+from ..mqtt import topics
+from ..mqtt.transport import BrokerConfig, Transport
+from ..protocol.clerk import Clerk
+from ..protocol.messages import Announce, ClerkJob, Envelope, Registration, RegistrySnapshot, open_signed, seal
+from ..protocol.params import open_announce
+from ..protocol.registry import Registry, RegistryEntry
+from .keys import load_or_create_identity
+from .storage import connect_sqlite, transaction
+
+log = logging.getLogger("sda.clerk")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS processed (
+    aggregation_id TEXT PRIMARY KEY, snapshot_hash BLOB NOT NULL, participants INTEGER NOT NULL,
+    result BLOB NOT NULL, processed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pairwise (peer_box_key BLOB PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS registry_snapshots (registry_hash BLOB PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS announces (aggregation_id TEXT PRIMARY KEY, envelope BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ClerkConfig:
+    """A clerk's identity, state and broker."""
+
+    clerk_id: str
+    state_dir: Path
+    broker: BrokerConfig
+    coordinator_id: str
+    coordinator_sign_key: bytes
+
+
+@dataclass
+class ClerkStats:
+    """Counters for status output and tests."""
+
+    processed: int = 0
+    resent: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+class ClerkService:
+    """A clerk over MQTT. `start()` connects, registers and runs the worker thread."""
+
+    def __init__(self, config: ClerkConfig,
+                 tamper: Callable[[bytes], bytes] | None = None):
+        """tamper: for tests of the defences only, rewrites the result envelope before sending."""
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = load_or_create_identity(config.state_dir / "clerk.key")
+        self.db = connect_sqlite(config.state_dir / "clerk.db")
+        self.db.executescript(_SCHEMA)
+        cached = {bytes(k): bytes(v) for k, v in self.db.execute("SELECT peer_box_key, key FROM pairwise")}
+        self._persisted_keys = set(cached)
+        self.pairwise = crypto.PairwiseKeys(self.identity.exchange, cached)
+        self.clerk = Clerk(config.clerk_id, self.identity, config.coordinator_id,
+                           config.coordinator_sign_key, self.pairwise, processed=set())
+        self.transport = Transport(config.clerk_id, config.broker, self._enqueue, manual_ack=True)
+        self.inbox: queue.Queue = queue.Queue()
+        self.stats = ClerkStats()
+        self._pending_jobs: dict[str, bytes] = {}
+        self._tamper = tamper
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Connect, publish the registration (retained), subscribe, start working."""
+        self.transport.start(timeout_s)
+        pub = self.identity.public()
+        reg = Registration(self.config.clerk_id, "clerk", pub.sign_key, pub.box_key)
+        self.transport.publish(topics.registration(self.config.clerk_id),
+                               seal(reg, self.config.clerk_id, self.identity), retain=True)
+        self.transport.subscribe(topics.registry_snapshot())
+        self.transport.subscribe(topics.ALL_ANNOUNCES)
+        self.transport.subscribe(topics.jobs_of(self.config.clerk_id))
+        self._thread = threading.Thread(target=self._run, name=f"clerk-{self.config.clerk_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop working and disconnect."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.transport.stop()
+        self.db.close()
+
+    def _enqueue(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        self.inbox.put((topic, payload, ack))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                topic, payload, ack = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(topic, payload)
+            except Exception:
+                log.exception("%s: error handling %s", self.config.clerk_id, topic)
+            ack()
+
+    def _reject(self, reason: str, topic: str, exc: Exception | str) -> None:
+        self.stats.rejected[reason] += 1
+        log.warning("%s rejected %s on %s: %s", self.config.clerk_id, reason, topic, exc)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None:
+            return
+        if parsed.kind == "registry_snapshot":
+            self._on_registry(topic, payload)
+        elif parsed.kind == "announce":
+            self._on_announce(topic, parsed.aggregation_id, payload)
+        elif parsed.kind == "job" and parsed.party_id == self.config.clerk_id:
+            self._on_job(topic, parsed.aggregation_id, payload)
+        # Jobs still waiting for their announce or registry may be ready now.
+        for agg, job in list(self._pending_jobs.items()):
+            if self._ready(agg):
+                del self._pending_jobs[agg]
+                self._on_job(topics.job(self.config.clerk_id, agg), agg, job)
+
+    def _coordinator_key(self, signer: str) -> bytes | None:
+        return self.config.coordinator_sign_key if signer == self.config.coordinator_id else None
+
+    def _on_registry(self, topic: str, payload: bytes) -> None:
+        try:
+            snap, _ = open_signed(payload, RegistrySnapshot, self._coordinator_key)
+            reg = Registry([RegistryEntry(*e) for e in snap.entries])
+            if reg.snapshot_hash != snap.registry_hash:
+                raise SdaError("registry snapshot hash does not match its entries")
+        except SdaError as exc:
+            return self._reject("registry", topic, exc)
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO registry_snapshots VALUES (?, ?)", (snap.registry_hash, payload))
+        return None
+
+    def _on_announce(self, topic: str, aggregation_id: str, payload: bytes) -> None:
+        try:
+            a = open_announce(payload, self.config.coordinator_id, self.config.coordinator_sign_key)
+            if a.aggregation_id != aggregation_id:
+                raise SdaError(f"announce of {a.aggregation_id!r} on the topic of {aggregation_id!r}")
+        except SdaError as exc:
+            return self._reject("announce", topic, exc)
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO announces VALUES (?, ?)", (aggregation_id, payload))
+        return None
+
+    def _announce(self, agg: str) -> Announce | None:
+        row = self.db.execute("SELECT envelope FROM announces WHERE aggregation_id=?", (agg,)).fetchone()
+        if row is None:
+            return None
+        return Announce.decode(Envelope.decode(bytes(row[0])).payload)
+
+    def _registry(self, registry_hash: bytes) -> Registry | None:
+        row = self.db.execute("SELECT envelope FROM registry_snapshots WHERE registry_hash=?",
+                              (registry_hash,)).fetchone()
+        if row is None:
+            return None
+        snap = RegistrySnapshot.decode(Envelope.decode(bytes(row[0])).payload)
+        return Registry([RegistryEntry(*e) for e in snap.entries])
+
+    def _ready(self, agg: str) -> bool:
+        a = self._announce(agg)
+        return a is not None and self._registry(a.registry_hash) is not None
+
+    def _on_job(self, topic: str, agg: str, payload: bytes) -> None:
+        done = self.db.execute("SELECT snapshot_hash, result FROM processed WHERE aggregation_id=?",
+                               (agg,)).fetchone()
+        if done is not None:
+            # Processed before: answer a redelivery with the same result, never a second one.
+            try:
+                job, _ = open_signed(payload, ClerkJob, self._coordinator_key)
+            except SdaError as exc:
+                return self._reject("job", topic, exc)
+            if job.snapshot_hash != bytes(done[0]):
+                return self._reject("job", topic, AlreadyProcessed(
+                    f"{agg}: already processed for another participant set (split-set attempt?)"))
+            self.transport.publish(topics.result(agg, self.config.clerk_id), bytes(done[1]))
+            self.stats.resent += 1
+            return None
+        a = self._announce(agg)
+        reg = self._registry(a.registry_hash) if a is not None else None
+        if a is None or reg is None:
+            if len(self._pending_jobs) < 64:
+                self._pending_jobs[agg] = payload  # wait for its announce / registry snapshot
+            return None
+        try:
+            out = self.clerk.handle_job(a, payload, reg, time.time())
+        except SdaError as exc:
+            return self._reject("job", topic, exc)
+        job = ClerkJob.decode(Envelope.decode(payload).payload)
+        result = self._tamper(out.envelope) if self._tamper else out.envelope
+        new_keys = [(k, v) for k, v in self.pairwise.cached.items() if k not in self._persisted_keys]
+        with transaction(self.db):  # persisted before it is sent
+            self.db.execute("INSERT INTO processed VALUES (?, ?, ?, ?, ?)",
+                            (agg, job.snapshot_hash, out.participants, result, time.time()))
+            self.db.executemany("INSERT OR IGNORE INTO pairwise VALUES (?, ?)", new_keys)
+        self._persisted_keys.update(k for k, _ in new_keys)
+        self.transport.publish(topics.result(agg, self.config.clerk_id), result)
+        self.stats.processed += 1
+        log.info("%s processed %s over %d participants", self.config.clerk_id, agg, out.participants)
+        return None

@@ -1,0 +1,421 @@
+"""The coordinator daemon: registry, aggregation lifecycle, reveal; over MQTT, stored in SQLite.
+
+Lifecycle of an aggregation (each step persisted before the next is published):
+  pending -> announce (retained) -> collecting -> snapshot + clerk jobs -> computing
+  -> reveal (or failed) ; the retained announce is cleared at the end.
+All protocol decisions are made by `sda.protocol` objects; this module moves messages between
+them, the store and the broker. A restart resumes every open aggregation from the store;
+participations are acknowledged to the broker only after they are committed (manual QoS 1 ack),
+so a crash loses none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import crypto
+from ..errors import AlreadyProcessed, SdaError, StorageError
+from ..mqtt import topics
+from ..mqtt.transport import BrokerConfig, Transport
+from ..protocol.messages import (
+    Announce,
+    CommitteeMember,
+    Envelope,
+    Registration,
+    RegistrySnapshot,
+    seal,
+)
+from ..protocol.recipient import Recipient
+from ..protocol.registry import Registry, RegistryEntry
+from ..protocol.server import Server, new_announce
+from ..protocol.snapshot import decode_bitmap
+from ..simulation import default_thresholds
+from .keys import load_or_create_identity
+from .storage import OPEN_STATES, CoordinatorStore, SqliteStore
+
+log = logging.getLogger("sda.coordinator")
+
+
+@dataclass(frozen=True)
+class AggregationSpec:
+    """What the developer asks to be summed, and how long each phase may take."""
+
+    aggregation_id: str
+    dimension: int
+    scale: float = 1.0
+    clip_lo: float = -1.0
+    clip_hi: float = 1.0
+    k: int | None = None
+    t: int | None = None
+    committee_size: int | None = None  # default: every registered clerk
+    collect_s: float = 60.0
+    results_s: float = 60.0
+    min_participants: int = 10
+    max_participants: int | None = None
+    close_when_complete: bool = True  # stop collecting once every registered device took part
+    reward_per_participant: int = 0
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Where the coordinator keeps its state and how it reaches the broker."""
+
+    state_dir: Path
+    broker: BrokerConfig
+    coordinator_id: str = "coordinator"
+    client_id: str | None = None
+    ingest_only: bool = False  # a worker: validates and stores participations, nothing else
+    shared_group: str | None = None  # MQTT v5 shared subscription group for participations
+    tick_s: float = 0.2
+    job_resend_s: float = 5.0
+
+
+@dataclass
+class CoordinatorStats:
+    """Counters for status output and benchmarks."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    first_accept: float | None = None
+    last_accept: float | None = None
+
+
+class Coordinator:
+    """The coordinator service. `start()` connects and runs its worker thread."""
+
+    def __init__(self, config: CoordinatorConfig, store: CoordinatorStore | None = None):
+        self.config = config
+        self.cid = config.coordinator_id
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = load_or_create_identity(config.state_dir / "coordinator.key")
+        self.store: CoordinatorStore = store or SqliteStore(config.state_dir / "coordinator.db")
+        self.inbox: queue.Queue = queue.Queue()
+        self.transport = Transport(config.client_id or self.cid, config.broker, self._enqueue, manual_ack=True)
+        self.stats = CoordinatorStats()
+        self._announces: dict[str, Announce] = {}
+        self._registries: dict[bytes, Registry] = {}
+        self._recipients: dict[str, Recipient] = {}
+        self._ingest: dict[str, Server] = {}
+        self._jobs_sent_at: dict[str, float] = {}
+        self._published_registry: bytes | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_finished: Callable[[str], None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Connect, subscribe, resume open aggregations and start the worker thread."""
+        self.transport.start(timeout_s)
+        parts = topics.ALL_PARTICIPATIONS
+        if self.config.shared_group:
+            parts = topics.shared(self.config.shared_group, parts)
+        self.transport.subscribe(parts)
+        if not self.config.ingest_only:
+            self.transport.subscribe(topics.ALL_REGISTRATIONS)
+            self.transport.subscribe(topics.ALL_RESULTS)
+            self._resume()
+        self._thread = threading.Thread(target=self._run, name=f"coordinator-{self.cid}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker and disconnect (all state is already in the store)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.transport.stop()
+        self.store.close()
+
+    def request(self, spec: AggregationSpec) -> bool:
+        """Queue an aggregation; it is announced on the next tick. False if the id exists."""
+        return self.store.create_aggregation(spec.aggregation_id, asdict(spec))
+
+    def public_keys(self) -> crypto.PublicIdentity:
+        """The coordinator's public keys (provisioned to devices and clerks)."""
+        return self.identity.public()
+
+    # --- the worker loop ---------------------------------------------------------------------
+
+    def _enqueue(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        self.inbox.put((topic, payload, ack))
+
+    def _run(self) -> None:
+        next_tick = 0.0
+        while not self._stop.is_set():
+            try:
+                topic, payload, ack = self.inbox.get(timeout=self.config.tick_s)
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    self._handle(topic, payload)
+                except Exception:  # a bug must not stop the service; the message is dropped
+                    log.exception("error handling %s", topic)
+                ack()
+            now = time.time()
+            if now >= next_tick and not self.config.ingest_only:
+                next_tick = now + self.config.tick_s
+                try:
+                    self._tick(now)
+                except Exception:
+                    log.exception("error in the coordinator tick")
+
+    def _reject(self, reason: str, topic: str, exc: Exception | str) -> None:
+        self.stats.rejected[reason] += 1
+        log.warning("rejected %s on %s: %s", reason, topic, exc)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None:
+            return self._reject("topic", topic, "not an sda topic")
+        if parsed.kind == "participation":
+            return self._on_participation(topic, parsed.aggregation_id, parsed.party_id, payload)
+        if self.config.ingest_only:
+            return None
+        if parsed.kind == "registration":
+            return self._on_registration(topic, parsed.party_id, payload)
+        if parsed.kind == "result":
+            return self._on_result(topic, parsed.aggregation_id, parsed.party_id, payload)
+        return None  # our own announces, jobs, snapshots echo back on sda/v1/#: ignore
+
+    # --- registrations -----------------------------------------------------------------------
+
+    def _on_registration(self, topic: str, party_id: str, payload: bytes) -> None:
+        try:
+            env = Envelope.decode(payload)
+            reg = Registration.decode(env.payload)
+            env.verify(reg.sign_key)
+            if not (env.signer == reg.party_id == party_id):
+                raise SdaError(f"registration of {reg.party_id!r} signed by {env.signer!r} on {party_id!r}")
+            crypto.check_box_key(reg.box_key)
+            if self.store.add_party(reg.party_id, reg.role, reg.sign_key, reg.box_key):
+                log.info("registered %s %s", reg.role, reg.party_id)
+        except (SdaError, StorageError) as exc:
+            self._reject("registration", topic, exc)
+
+    def registry(self) -> Registry:
+        """The current device registry (registration order; a later snapshot extends it)."""
+        devices = self.store.parties("device")
+        return Registry([RegistryEntry(p.party_id, p.sign_key, p.box_key) for p in devices])
+
+    def _registry_for(self, a: Announce) -> Registry:
+        reg = self._registries.get(a.registry_hash)
+        if reg is None:
+            devices = self.store.parties("device")[: a.registry_size]
+            reg = Registry([RegistryEntry(p.party_id, p.sign_key, p.box_key) for p in devices])
+            if reg.snapshot_hash != a.registry_hash:
+                raise StorageError(f"{a.aggregation_id}: stored registry does not match its announce")
+            self._registries[a.registry_hash] = reg
+        return reg
+
+    def _publish_registry(self, reg: Registry) -> None:
+        if self._published_registry == reg.snapshot_hash:
+            return
+        msg = RegistrySnapshot(self.cid, reg.snapshot_hash,
+                               tuple((e.device_id, e.sign_key, e.box_key) for e in reg.entries))
+        self.transport.publish(topics.registry_snapshot(), seal(msg, self.cid, self.identity), retain=True)
+        self._registries[reg.snapshot_hash] = reg
+        self._published_registry = reg.snapshot_hash
+
+    # --- participations ----------------------------------------------------------------------
+
+    def _announce_of(self, aggregation_id: str) -> Announce | None:
+        a = self._announces.get(aggregation_id)
+        if a is None:
+            row = self.store.aggregation(aggregation_id)
+            if row is None or row.announce is None:
+                return None
+            a = Announce.decode(Envelope.decode(row.announce).payload)
+            self._announces[aggregation_id] = a
+        return a
+
+    def _on_participation(self, topic: str, aggregation_id: str, device_id: str, payload: bytes) -> None:
+        a = self._announce_of(aggregation_id)
+        if a is None:
+            return self._reject("participation", topic, f"unknown aggregation {aggregation_id!r}")
+        row = self.store.aggregation(aggregation_id)
+        if row is None or row.state != "collecting":
+            return self._reject("participation", topic, f"{aggregation_id} is not collecting")
+        server = self._ingest.get(aggregation_id)
+        if server is None:
+            server = Server(a, self._registry_for(a), recipient=self.identity)
+            self._ingest[aggregation_id] = server
+        try:
+            dev = server.accept(payload, time.time())
+            if dev != device_id:
+                raise SdaError(f"participation of {dev!r} published on the topic of {device_id!r}")
+        except AlreadyProcessed:
+            self.stats.duplicates += 1
+            return None
+        except SdaError as exc:
+            return self._reject("participation", topic, exc)
+        shares, seed = server.stored(dev)
+        if self.store.add_participation(aggregation_id, dev, shares, seed):
+            now = time.time()
+            self.stats.accepted += 1
+            self.stats.first_accept = self.stats.first_accept or now
+            self.stats.last_accept = now
+        else:
+            self.stats.duplicates += 1
+        return None
+
+    # --- results -----------------------------------------------------------------------------
+
+    def _on_result(self, topic: str, aggregation_id: str, clerk_id: str, payload: bytes) -> None:
+        rec = self._recipients.get(aggregation_id)
+        if rec is None:
+            return self._reject("result", topic, f"{aggregation_id} is not waiting for results")
+        try:
+            rec.add_result(payload, time.time())
+        except AlreadyProcessed:
+            return None
+        except SdaError as exc:
+            return self._reject("result", topic, exc)
+        self.store.add_result(aggregation_id, clerk_id, payload)
+        return None
+
+    # --- the tick: deadlines and transitions ---------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        for row in self.store.aggregations(OPEN_STATES):
+            if row.state == "pending":
+                self._try_announce(row.aggregation_id, row.spec, now)
+            elif row.state == "collecting":
+                self._maybe_close(row.aggregation_id, row.spec, now)
+            elif row.state == "computing":
+                self._maybe_reveal(row.aggregation_id, now)
+
+    def _try_announce(self, agg: str, spec: dict, now: float) -> None:
+        s = AggregationSpec(**spec)
+        clerks = self.store.parties("clerk")
+        if s.committee_size:
+            clerks = clerks[: s.committee_size]
+        reg = self.registry()
+        if len(clerks) < 3 or len(reg) < s.min_participants:
+            return  # wait for enough clerks and devices to register
+        n = len(clerks)
+        k, t = (s.k, s.t) if s.k and s.t else default_thresholds(n)
+        committee = tuple(CommitteeMember(c.party_id, c.sign_key, c.box_key, i + 1)
+                          for i, c in enumerate(clerks))
+        try:
+            a = new_announce(
+                aggregation_id=agg, coordinator_id=self.cid, k=k, t=t, committee=committee,
+                recipient_key=self.identity.public().box_key, registry=reg, dimension=s.dimension,
+                scale=s.scale, clip_lo=s.clip_lo, clip_hi=s.clip_hi,
+                participation_deadline=now + s.collect_s, result_deadline=now + s.collect_s + s.results_s,
+                min_participants=s.min_participants,
+                max_participants=min(s.max_participants or len(reg), len(reg)),
+                reward_per_participant=s.reward_per_participant,
+            )
+        except SdaError as exc:
+            log.error("aggregation %s cannot be announced: %s", agg, exc)
+            self.store.finish(agg, "failed", None, f"cannot announce: {exc}")
+            return
+        self._publish_registry(reg)
+        env = seal(a, self.cid, self.identity)
+        self.store.set_announced(agg, env)
+        self._announces[agg] = a
+        self.transport.publish(topics.announce(agg), env, retain=True)
+        log.info("announced %s: d=%d, n=%d (k=%d, t=%d), %d devices registered",
+                 agg, s.dimension, n, k, t, len(reg))
+
+    def _maybe_close(self, agg: str, spec: dict, now: float) -> None:
+        a = self._announce_of(agg)
+        if a is None:
+            return
+        count = self.store.participation_count(agg)
+        complete = spec.get("close_when_complete", True) and count >= a.max_participants
+        if now < a.participation_deadline and not complete:
+            return
+        # The snapshot is taken from the store, so ingest workers and restarts agree on S.
+        server = Server(a, self._registry_for(a))
+        for device_id, shares, seed in self.store.participations(agg):
+            server.restore(device_id, shares, seed)
+        try:
+            snap = server.snapshot()
+        except SdaError as exc:
+            log.warning("aggregation %s abandoned: %s", agg, exc)
+            self._finish(agg, "failed", None, str(exc))
+            return
+        jobs = server.jobs(self.cid, self.identity)
+        self.store.set_snapshot(agg, snap.hash, snap.bitmap, jobs)
+        self._ingest.pop(agg, None)
+        self._recipients[agg] = Recipient(self.identity, a, snap.hash, snap.sealed_seeds)
+        self._send_jobs(agg, jobs, now)
+        log.info("snapshot of %s: %d participants; jobs sent to %d clerks", agg, len(snap.participants), len(jobs))
+
+    def _send_jobs(self, agg: str, jobs: list[tuple[str, bytes]], now: float) -> None:
+        for clerk_id, env in jobs:
+            self.transport.publish(topics.job(clerk_id, agg), env)
+        self._jobs_sent_at[agg] = now
+
+    def _maybe_reveal(self, agg: str, now: float) -> None:
+        a = self._announce_of(agg)
+        rec = self._recipients.get(agg)
+        if a is None or rec is None:
+            return
+        if rec.result_count < a.n and now < a.result_deadline:
+            if now - self._jobs_sent_at.get(agg, 0) >= self.config.job_resend_s:
+                answered = {c for c, _ in self.store.results(agg)}
+                missing = [(c, e) for c, e in self.store.jobs(agg) if c not in answered]
+                self._send_jobs(agg, missing, now)
+            return
+        try:
+            rev = rec.reveal()
+        except SdaError as exc:
+            log.warning("aggregation %s failed at reveal: %s", agg, exc)
+            self._finish(agg, "failed", None, str(exc))
+            return
+        result = {
+            "values": rev.values.tolist(),
+            "field_sum": [int(v) for v in np.asarray(rev.field_sum)],
+            "participants": rev.participants,
+            "clerks_used": list(rev.clerks_used),
+            "wrong_clerks": list(rev.wrong_clerks),
+            "revealed_at": now,
+        }
+        self._finish(agg, "revealed", result, None)
+        log.info("revealed %s: %d participants, %d results, wrong clerks %s",
+                 agg, rev.participants, len(rev.clerks_used), list(rev.wrong_clerks))
+
+    def _finish(self, agg: str, state: str, result: dict | None, error: str | None) -> None:
+        self.store.finish(agg, state, result, error)
+        self._recipients.pop(agg, None)
+        self._ingest.pop(agg, None)
+        self.transport.clear_retained(topics.announce(agg))
+        if self.on_finished is not None:
+            self.on_finished(agg)
+
+    # --- restart -----------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        for row in self.store.aggregations(OPEN_STATES):
+            if row.state == "collecting" and row.announce is not None:
+                self.transport.publish(topics.announce(row.aggregation_id), row.announce, retain=True)
+                log.info("resumed %s: collecting", row.aggregation_id)
+            elif row.state == "computing" and row.announce is not None and row.snapshot_hash is not None:
+                a = self._announce_of(row.aggregation_id)
+                assert a is not None and row.bitmap is not None
+                reg = self._registry_for(a)
+                S, _ = decode_bitmap(row.bitmap, a.registry_size)
+                inputs = {d: seed for d, _, seed in self.store.participations(row.aggregation_id)}
+                seeds = [(reg.entries[int(i)].device_id, inputs[reg.entries[int(i)].device_id]) for i in S]
+                rec = Recipient(self.identity, a, row.snapshot_hash, seeds)
+                for _, env in self.store.results(row.aggregation_id):
+                    try:
+                        rec.add_result(env, min(time.time(), a.result_deadline))
+                    except SdaError as exc:
+                        log.warning("stored result of %s not reloaded: %s", row.aggregation_id, exc)
+                self._recipients[row.aggregation_id] = rec
+                self._jobs_sent_at[row.aggregation_id] = 0.0  # resend the missing jobs at once
+                log.info("resumed %s: computing with %d results", row.aggregation_id, rec.result_count)

@@ -1,0 +1,145 @@
+"""The participant client: how a device takes part in announced aggregations over MQTT.
+
+The device supplies `provide(announce) -> vector | None` (None: not this time). Each
+participation is recorded (with its envelope) before it is published; a device that restarts
+re-publishes a recorded participation if the announce is still up (the server drops duplicates),
+and never computes a second one for the same aggregation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import crypto
+from ..errors import SdaError
+from ..mqtt import topics
+from ..mqtt.transport import BrokerConfig, Transport
+from ..protocol.messages import Announce, Registration, seal
+from ..protocol.params import open_announce
+from ..protocol.participant import Participant, ParticipantPolicy
+from .storage import connect_sqlite, transaction
+
+log = logging.getLogger("sda.participant")
+
+
+class ParticipationLog:
+    """Which aggregations this device joined, and what it sent. In memory unless given a path."""
+
+    def __init__(self, path: Path | None = None):
+        self._lock = threading.Lock()
+        self._mem: dict[str, bytes] = {}
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = connect_sqlite(Path(path))
+            self._db.execute("CREATE TABLE IF NOT EXISTS participations (aggregation_id TEXT PRIMARY KEY,"
+                             " envelope BLOB NOT NULL, sent_at REAL NOT NULL)")
+
+    def envelope(self, aggregation_id: str) -> bytes | None:
+        """What we sent for this aggregation, or None if we did not take part."""
+        with self._lock:
+            if self._db is None:
+                return self._mem.get(aggregation_id)
+            row = self._db.execute("SELECT envelope FROM participations WHERE aggregation_id=?",
+                                   (aggregation_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+    def record(self, aggregation_id: str, envelope: bytes) -> None:
+        """Persist a participation (before it is published)."""
+        with self._lock:
+            if self._db is None:
+                self._mem[aggregation_id] = envelope
+                return
+            with transaction(self._db):
+                self._db.execute("INSERT INTO participations VALUES (?, ?, ?)",
+                                 (aggregation_id, envelope, time.time()))
+
+    def joined(self) -> set[str]:
+        """Ids of every aggregation joined."""
+        with self._lock:
+            if self._db is None:
+                return set(self._mem)
+            return {r[0] for r in self._db.execute("SELECT aggregation_id FROM participations")}
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """A device's id, broker and trust anchor (the coordinator's signing key)."""
+
+    device_id: str
+    broker: BrokerConfig
+    coordinator_id: str
+    coordinator_sign_key: bytes
+    policy: ParticipantPolicy = field(default_factory=ParticipantPolicy)
+
+
+class ParticipantClient:
+    """Takes part in announced aggregations. Work happens on the connection's own thread."""
+
+    def __init__(self, config: ParticipantConfig, identity: crypto.Identity,
+                 provide: Callable[[Announce], np.ndarray | None], log_: ParticipationLog | None = None):
+        self.config = config
+        self.identity = identity
+        self.provide = provide
+        self.log = log_ or ParticipationLog()
+        self.participant = Participant(config.device_id, identity, config.policy,
+                                       participated=self.log.joined())
+        self.transport = Transport(config.device_id, config.broker, self._on_message)
+        self.sent: list[str] = []
+        self.refused: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Connect, publish the registration (retained) and listen for announces."""
+        self.transport.start(timeout_s)
+        pub = self.identity.public()
+        reg = Registration(self.config.device_id, "device", pub.sign_key, pub.box_key)
+        self.transport.publish(topics.registration(self.config.device_id),
+                               seal(reg, self.config.device_id, self.identity), retain=True)
+        self.transport.subscribe(topics.ALL_ANNOUNCES)
+
+    def stop(self) -> None:
+        """Disconnect."""
+        self.transport.stop()
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None or parsed.kind != "announce":
+            return
+        with self._lock:  # paho calls us from one thread, but a test may call directly
+            self._on_announce(topic, parsed.aggregation_id, payload)
+
+    def _on_announce(self, topic: str, agg: str, payload: bytes) -> None:
+        try:
+            a = open_announce(payload, self.config.coordinator_id, self.config.coordinator_sign_key)
+            if a.aggregation_id != agg:
+                raise SdaError(f"announce of {a.aggregation_id!r} on the topic of {agg!r}")
+        except SdaError as exc:
+            self.refused[agg] = str(exc)
+            log.warning("%s refused the announce on %s: %s", self.config.device_id, topic, exc)
+            return
+        sent = self.log.envelope(agg)
+        if sent is not None:  # joined before a restart: send the same bytes again
+            if time.time() <= a.participation_deadline:
+                self.transport.publish(topics.participation(agg, self.config.device_id), sent)
+            return
+        try:
+            self.participant.check(a, time.time())
+            x = self.provide(a)
+            if x is None:
+                return
+            out = self.participant.participate(a, x, time.time())
+        except SdaError as exc:
+            self.refused[agg] = str(exc)
+            log.warning("%s does not take part in %s: %s", self.config.device_id, agg, exc)
+            return
+        self.log.record(agg, out.envelope)
+        self.transport.publish(topics.participation(agg, self.config.device_id), out.envelope)
+        self.sent.append(agg)
