@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -60,7 +61,71 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="seed of the simulated inputs")
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_service_parsers(sub)
     return parser
+
+
+def _add_broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="broker URL, mqtt://[user:password@]host:port or mqtts://... (default %(default)s)")
+    p.add_argument("--tls-ca", default=None, help="CA certificate file for mqtts:// (default: system CAs)")
+    p.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"],
+                   help="MQTT version (default: v5 when the broker offers it)")
+
+
+def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    co = sub.add_parser("coordinator", help="run or query the coordinator (registry, rounds, reveal)",
+                        description="The developer's coordinator: keeps the registry of devices and clerks,"
+                        " runs each aggregation (announce, collect, snapshot, clerk jobs, reveal) and stores"
+                        " everything in SQLite under --state.")
+    cosub = co.add_subparsers(dest="action", metavar="ACTION")
+    run = cosub.add_parser("run", help="run the coordinator service until stopped")
+    run.add_argument("--state", type=Path, required=True, help="state directory (keys, coordinator.db)")
+    _add_broker_args(run)
+    run.add_argument("--embedded-broker", action="store_true",
+                     help="start an in-process MQTT broker on 127.0.0.1 (port from --broker) first")
+    run.add_argument("--ingest-only", action="store_true",
+                     help="be an ingest worker: validate and store participations only")
+    run.add_argument("--shared-group", default=None,
+                     help="receive participations through the MQTT v5 shared subscription $share/GROUP/...")
+    run.add_argument("--client-id", default=None, help="MQTT client id (default: the coordinator id)")
+    new = cosub.add_parser("new", help="ask for a new aggregation (announced by the running service)")
+    new.add_argument("aggregation_id")
+    new.add_argument("--state", type=Path, required=True)
+    new.add_argument("--dimension", type=_positive, required=True)
+    new.add_argument("--scale", type=float, default=1.0, help="fixed-point units per 1.0 (default 1)")
+    new.add_argument("--clip", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LO", "HI"))
+    new.add_argument("--min-participants", type=_positive, default=10)
+    new.add_argument("--collect-seconds", type=float, default=60.0)
+    new.add_argument("--result-seconds", type=float, default=60.0)
+    new.add_argument("--committee-size", type=_positive, default=None)
+    show = cosub.add_parser("show", help="status and result of an aggregation")
+    show.add_argument("aggregation_id", nargs="?", default=None, help="omit to list all")
+    show.add_argument("--state", type=Path, required=True)
+    show.add_argument("--json", action="store_true")
+    keys = cosub.add_parser("keys", help="print the coordinator's public keys (hex)")
+    keys.add_argument("--state", type=Path, required=True)
+
+    cl = sub.add_parser("clerk", help="run a clerk: take jobs, return shares of sums, earn tokens",
+                        description="A clerk registers its keys, receives jobs from the coordinator and answers"
+                        " each aggregation exactly once. Its state (processed rounds, pairwise keys) lives"
+                        " under --state.")
+    cl.add_argument("--credentials", type=Path, required=True,
+                    help="credentials file from `sda admin add-clerk` (id, broker login, coordinator keys)")
+    cl.add_argument("--state", type=Path, required=True)
+    cl.add_argument("--broker", default=None, help="override the broker URL of the credentials")
+
+    ad = sub.add_parser("admin", help="provision devices and clerks (credentials, Mosquitto users and ACL)")
+    adsub = ad.add_subparsers(dest="action", metavar="ACTION")
+    for role in ("device", "clerk"):
+        a = adsub.add_parser(f"add-{role}", help=f"provision a {role}: broker password and credentials file")
+        a.add_argument("name")
+        a.add_argument("--state", type=Path, required=True, help="the coordinator's state directory")
+        a.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL the party will use")
+        a.add_argument("--passwd-file", type=Path, default=None,
+                       help="Mosquitto password file to add the user to (e.g. /etc/mosquitto/sda.passwd)")
+        a.add_argument("--acl-file", type=Path, default=None, help="Mosquitto ACL file to (re)write")
+        a.add_argument("--out", type=Path, default=None, help="credentials file (default NAME.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "coordinator":
+            from .services.cli import coordinator_command
+
+            return coordinator_command(args)
+        if args.command == "clerk":
+            from .services.cli import clerk_command
+
+            return clerk_command(args)
+        if args.command == "admin":
+            from .services.cli import admin_command
+
+            return admin_command(args)
     except SdaError as exc:
         print(f"sda: error: {exc}", file=sys.stderr)
         return 1

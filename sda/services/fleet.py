@@ -1,0 +1,93 @@
+"""Many simulated devices in one process: for multi-process tests, benchmarks and the demo.
+
+Device i of a fleet sends `fleet_vector(seed, i, d)`, so whoever drives the fleet knows the
+true sum without asking the devices. Run as `python -m sda.services.fleet --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import crypto
+from ..mqtt.transport import BrokerConfig
+from ..protocol.messages import Announce
+from ..protocol.participant import ParticipantPolicy
+from .participant import ParticipantClient, ParticipantConfig
+
+
+def fleet_vector(seed: int, index: int, dimension: int, low: int = -1000, high: int = 1000) -> np.ndarray:
+    """The integer vector device `index` of a fleet sends (values in [low, high))."""
+    return np.random.default_rng([seed, index]).integers(low, high, dimension).astype(np.float64)
+
+
+def fleet_sum(seed: int, indices: range | list[int], dimension: int) -> np.ndarray:
+    """The true sum of the fleet's vectors."""
+    return np.sum([fleet_vector(seed, i, dimension) for i in indices], axis=0)
+
+
+def start_fleet(prefix: str, indices: range, broker: BrokerConfig, coordinator_id: str,
+                coordinator_key: bytes, seed: int, passwords: dict[str, str] | None = None,
+                min_participants: int = 10) -> list[ParticipantClient]:
+    """Connect and register one ParticipantClient per index; each answers every announce."""
+    clients = []
+    for i in indices:
+        name = f"{prefix}{i}"
+        cfg = BrokerConfig(**{**broker.__dict__, "username": name if passwords else broker.username,
+                              "password": passwords.get(name) if passwords else broker.password})
+
+        def provide(a: Announce, i: int = i) -> np.ndarray:
+            return fleet_vector(seed, i, a.dimension)
+
+        c = ParticipantClient(
+            ParticipantConfig(name, cfg, coordinator_id, coordinator_key,
+                              ParticipantPolicy(min_participants=min_participants)),
+            crypto.Identity.generate(), provide)
+        c.start()
+        clients.append(c)
+    return clients
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a fleet until SIGTERM / SIGINT, or for --seconds."""
+    p = argparse.ArgumentParser(prog="python -m sda.services.fleet",
+                                description="Run simulated devices that take part in every announce.")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--prefix", default="dev", help="device ids are PREFIX0, PREFIX1, ...")
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the devices' vectors")
+    p.add_argument("--coordinator-id", default="coordinator")
+    p.add_argument("--coordinator-key", required=True, help="coordinator's Ed25519 key, hex")
+    p.add_argument("--passwords", default=None, help="YAML file mapping device id -> broker password")
+    p.add_argument("--min-participants", type=int, default=10, help="policy: smallest crowd to join")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"])
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    passwords = yaml.safe_load(Path(args.passwords).read_text()) if args.passwords else None
+    broker = BrokerConfig.from_url(args.broker, protocol=args.protocol)
+    clients = start_fleet(args.prefix, range(args.first, args.first + args.count), broker,
+                          args.coordinator_id, bytes.fromhex(args.coordinator_key), args.seed,
+                          passwords, args.min_participants)
+    print(f"fleet ready: {len(clients)} devices", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait(args.seconds)
+    for c in clients:
+        c.stop()
+    sent = sum(len(c.sent) for c in clients)
+    print(f"fleet stopped: {sent} participations sent", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
