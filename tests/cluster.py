@@ -1,0 +1,156 @@
+"""A whole deployment for tests: a real Mosquitto, the coordinator, clerks and device fleets as
+separate OS processes (plus in-process parties where a test needs to reach inside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+from brokers import MosquittoBroker
+
+from sda.mqtt.transport import BrokerConfig
+from sda.services.coordinator import AggregationSpec
+from sda.services.fleet import fleet_sum
+from sda.services.keys import Credentials, load_or_create_identity
+from sda.services.storage import SqliteStore
+
+
+class Cluster:
+    """Processes of one deployment, all torn down by `close()`."""
+
+    def __init__(self, tmp: Path, clerks: int, devices: int, seed: int = 7, extra_users: tuple[str, ...] = ()):
+        self.tmp = tmp
+        self.seed = seed
+        self.clerk_names = [f"clerk{i}" for i in range(clerks)]
+        self.device_names = [f"dev{i}" for i in range(devices)]
+        users = ("coordinator", *self.clerk_names, *self.device_names, *extra_users)
+        self.broker = MosquittoBroker(users=users).start()
+        self.state = tmp / "coordinator"
+        self.identity = load_or_create_identity(self.state / "coordinator.key")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self._store: SqliteStore | None = None
+
+    # --- configs -----------------------------------------------------------------------------
+
+    def broker_config(self, user: str) -> BrokerConfig:
+        return BrokerConfig(host=self.broker.host, port=self.broker.port, username=user,
+                            password=self.broker.passwords[user])
+
+    def url(self, user: str) -> str:
+        return f"mqtt://{user}:{self.broker.passwords[user]}@{self.broker.host}:{self.broker.port}"
+
+    @property
+    def coordinator_key(self) -> bytes:
+        return self.identity.public().sign_key
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            self._store = SqliteStore(self.state / "coordinator.db")
+        return self._store
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.procs[name] = proc
+        return proc
+
+    def start_coordinator(self) -> None:
+        self._spawn("coordinator", ["-m", "sda.cli", "coordinator", "run", "--state", str(self.state),
+                                    "--broker", self.url("coordinator")])
+        self.wait_log("coordinator", "coordinator running")
+
+    def start_clerk(self, name: str) -> None:
+        cred = Credentials(name, "clerk", self.broker_config(name), "coordinator",
+                           self.coordinator_key, self.identity.public().box_key)
+        path = self.tmp / f"{name}.yaml"
+        cred.save(path)
+        self._spawn(name, ["-m", "sda.cli", "clerk", "--credentials", str(path), "--state", str(self.tmp / name)])
+
+    def start_fleet(self, name: str, first: int, count: int) -> None:
+        pw = self.tmp / f"{name}-passwords.yaml"
+        pw.write_text(yaml.safe_dump({d: self.broker.passwords[d] for d in self.device_names}))
+        self._spawn(name, ["-m", "sda.services.fleet", "--broker", f"mqtt://{self.broker.host}:{self.broker.port}",
+                           "--first", str(first), "--count", str(count), "--seed", str(self.seed),
+                           "--coordinator-key", self.coordinator_key.hex(), "--passwords", str(pw)])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._store is not None:
+            self._store.close()
+        self.broker.cleanup()
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def wait_log(self, name: str, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.logs[name].read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited:\n{self.log_tail(name)}")
+            time.sleep(0.05)
+        raise AssertionError(f"{name} never logged {text!r}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, n: int = 60) -> str:
+        return "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-n:])
+
+    def wait_registered(self, clerks: int, devices: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.store.parties("clerk")) >= clerks and len(self.store.parties("device")) >= devices:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"registered: {len(self.store.parties('clerk'))} clerks,"
+                             f" {len(self.store.parties('device'))} devices\n{self.log_tail('coordinator')}")
+
+    def request(self, aggregation_id: str, dimension: int = 8, **kw) -> AggregationSpec:
+        spec = AggregationSpec(aggregation_id, dimension, **{"scale": 1.0, "clip_lo": -1000.0,
+                                                             "clip_hi": 1000.0, "min_participants": 10, **kw})
+        assert self.store.create_aggregation(aggregation_id, asdict(spec))
+        return spec
+
+    def wait_state(self, aggregation_id: str, states: tuple[str, ...], timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        row = None
+        while time.monotonic() < deadline:
+            row = self.store.aggregation(aggregation_id)
+            if row is not None and row.state in states:
+                return row
+            time.sleep(0.05)
+        raise AssertionError(f"{aggregation_id} stuck in {row and row.state}\n{self.log_tail('coordinator')}")
+
+    def true_sum(self, dimension: int, devices: list[int] | None = None) -> np.ndarray:
+        return fleet_sum(self.seed, devices if devices is not None else range(len(self.device_names)), dimension)
+
+    def show(self, aggregation_id: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "sda.cli", "coordinator", "show", aggregation_id,
+                              "--state", str(self.state), "--json"], capture_output=True, text=True,
+                             check=True, env=os.environ)
+        return json.loads(out.stdout)
