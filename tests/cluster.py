@@ -154,3 +154,47 @@ class Cluster:
                               "--state", str(self.state), "--json"], capture_output=True, text=True,
                              check=True, env=os.environ)
         return json.loads(out.stdout)
+
+
+def start_inprocess_clerk(c: Cluster, name: str, tamper=None):
+    """A clerk in this process (so a test can make it cheat); returns the ClerkService."""
+    from sda.services.clerk import ClerkConfig, ClerkService
+
+    svc = ClerkService(ClerkConfig(name, c.tmp / name, c.broker_config(name), "coordinator", c.coordinator_key),
+                       tamper=tamper)
+    svc.start()
+    return svc
+
+
+class Spy:
+    """A raw MQTT client logged in as the coordinator user (who may read and write every topic):
+    records every message, and replays them byte for byte."""
+
+    def __init__(self, c: Cluster, topic_filter: str = "sda/v1/#"):
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spy", protocol=mqtt.MQTTv5)
+        self.client.username_pw_set("coordinator", c.broker.passwords["coordinator"])
+        self.client.on_message = self._on_message
+        self.client.connect(c.broker.host, c.broker.port)
+        self.client.subscribe(topic_filter, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def captured(self, contains: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return [(t, p) for t, p in self.messages if contains in t]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

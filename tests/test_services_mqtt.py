@@ -74,3 +74,165 @@ def test_coordinator_sigkilled_mid_round_resumes_after_restart(cluster):
     assert row.state == "revealed", row.error
     assert row.result["participants"] == 50 >= deadline_before
     assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
+
+
+def _cheat(svc_holder: list, recipient_key: bytes):
+    """A tamper function: the clerk sends a validly sealed and signed, but wrong, share."""
+    from sda import crypto
+    from sda.protocol.clerk import result_info
+    from sda.protocol.messages import ClerkResult, Envelope, seal
+
+    def tamper(envelope: bytes) -> bytes:
+        res = ClerkResult.decode(Envelope.decode(envelope).payload)
+        svc = svc_holder[0]
+        wrong = np.random.default_rng().integers(0, 2**31 - 1, 2).astype("<u4").tobytes()
+        sealed = crypto.seal_to(recipient_key, wrong, result_info(res.aggregation_id, res.clerk_id, res.snapshot_hash))
+        forged = ClerkResult(res.aggregation_id, res.clerk_id, res.snapshot_hash, sealed)
+        return seal(forged, res.clerk_id, svc.identity)
+
+    return tamper
+
+
+def test_a_clerk_returning_a_wrong_share_is_corrected_and_named(cluster):
+    from cluster import start_inprocess_clerk
+
+    cluster.start_coordinator()
+    for name in cluster.clerk_names[:-1]:
+        cluster.start_clerk(name)
+    holder: list = []
+    holder.append(start_inprocess_clerk(cluster, "clerk11", _cheat(holder, cluster.identity.public().box_key)))
+    cluster.start_fleet("fleetA", 0, 25)
+    cluster.start_fleet("fleetB", 25, 25)
+    cluster.wait_registered(clerks=12, devices=50)
+    try:
+        # d = 8 with k = 7 gives B = 2 blocks, the wrong share's length above.
+        cluster.request("round-w", dimension=8, collect_s=30, results_s=30)
+        row = cluster.wait_state("round-w", ("revealed", "failed"))
+    finally:
+        holder[0].stop()
+    assert row.state == "revealed", row.error
+    assert row.result["wrong_clerks"] == ["clerk11"]
+    assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
+
+
+def test_duplicated_and_replayed_messages_have_no_effect(cluster):
+    from cluster import Spy
+
+    start_all(cluster)
+    spy = Spy(cluster)
+    try:
+        cluster.request("round-r1", dimension=8, collect_s=30, results_s=30)
+        first = cluster.wait_state("round-r1", ("revealed", "failed"))
+        assert first.state == "revealed", first.error
+        old_parts = spy.captured("/agg/round-r1/participation/")
+        old_results = spy.captured("/agg/round-r1/result/")
+        assert len(old_parts) == 50 and len(old_results) == 12
+        cluster.request("round-r2", dimension=8, collect_s=4, results_s=30, close_when_complete=False)
+        cluster.wait_state("round-r2", ("collecting",))
+        # Replays of a closed round, and the old bytes pushed into the new round's topics.
+        for topic, payload in old_parts[:10] + old_results[:4]:
+            spy.publish(topic, payload)
+        for topic, payload in old_parts[:10]:
+            spy.publish(topic.replace("round-r1", "round-r2"), payload)
+        # Duplicates of the new round's own participations.
+        import time
+
+        time.sleep(1.0)
+        for topic, payload in spy.captured("/agg/round-r2/participation/")[:20]:
+            spy.publish(topic, payload)
+            spy.publish(topic, payload)
+        row = cluster.wait_state("round-r2", ("revealed", "failed"))
+        assert row.state == "revealed", row.error
+        assert row.result["participants"] == 50
+        assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
+        assert cluster.store.participation_count("round-r2") == 50
+        # The first round's stored outcome is untouched by the replays of its results.
+        assert cluster.store.aggregation("round-r1").result == first.result
+        log = cluster.logs["coordinator"].read_text()
+        assert "round-r1 is not collecting" in log or "is not waiting for results" in log
+        assert "participation for 'round-r1', not 'round-r2'" in log
+    finally:
+        spy.close()
+
+
+@pytest.fixture
+def cluster_with_intruder(tmp_path):
+    c = Cluster(tmp_path, clerks=12, devices=50, extra_users=("mal0",))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_bad_input_on_every_topic_is_rejected_and_the_next_round_succeeds(cluster_with_intruder):
+    import os
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from sda import crypto
+    from sda.mqtt import topics
+    from sda.protocol.messages import Announce, ClerkResult, Envelope, Participation, Registration, seal
+    from sda.protocol.participant import Participant, ParticipantPolicy
+    from sda.services.participant import ParticipantClient, ParticipantConfig
+
+    c = cluster_with_intruder
+    start_all(c)
+    mal_id = crypto.Identity.generate()
+    mal = ParticipantClient(ParticipantConfig("mal0", c.broker_config("mal0"), "coordinator", c.coordinator_key),
+                            mal_id, provide=lambda a: None)
+    mal.start()
+    c.wait_registered(clerks=12, devices=51)
+    raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mal0-raw", protocol=mqtt.MQTTv5)
+    raw.username_pw_set("mal0", c.broker.passwords["mal0"])
+    raw.connect(c.broker.host, c.broker.port)
+    raw.loop_start()
+
+    def send(topic: str, payload: bytes) -> None:
+        # Frames as our transport sends them (0x00 = one whole message), except where noted.
+        raw.publish(topic, b"\x00" + payload, qos=1).wait_for_publish(10)
+
+    try:
+        c.request("round-x", dimension=8, collect_s=4, results_s=30, close_when_complete=False)
+        row = c.wait_state("round-x", ("collecting",))
+        a = Announce.decode(Envelope.decode(row.announce).payload)
+        part_topic = topics.participation("round-x", "mal0")
+        send(part_topic, os.urandom(300))  # random bytes
+        raw.publish(part_topic, os.urandom(50), qos=1).wait_for_publish(10)  # not even a frame
+        good = Participant("mal0", mal_id, ParticipantPolicy(min_participants=1)).participate(
+            a, np.zeros(8), time.time())
+        msg = Participation.decode(Envelope.decode(good.envelope).payload)
+        wrong_dim = Participation(msg.aggregation_id, "mal0", msg.padded_shares[:-4], msg.sealed_seed)
+        send(part_topic, seal(wrong_dim, "mal0", mal_id))  # wrong dimension
+        unknown = Participation("no-such-round", "mal0", msg.padded_shares, msg.sealed_seed)
+        send(topics.participation("no-such-round", "mal0"), seal(unknown, "mal0", mal_id))  # unknown id
+        send(part_topic, seal(msg, "mal0", crypto.Identity.generate()))  # forged signature
+        send(part_topic, b"\x00" * (9 * 1024 * 1024))  # oversized
+        res_topic = topics.result("round-x", "mal0")
+        send(res_topic, os.urandom(200))
+        forged_res = ClerkResult("round-x", "clerk0", bytes(32), os.urandom(64))
+        other = crypto.Identity.generate()
+        send(topics.registration("mal0"), os.urandom(100))
+        pub = other.public()  # re-registration with other keys, validly self-signed
+        send(topics.registration("mal0"), seal(Registration("mal0", "device", pub.sign_key, pub.box_key),
+                                               "mal0", other))
+        send(res_topic, seal(forged_res, "clerk0", crypto.Identity.generate()))  # another clerk's name
+        row = c.wait_state("round-x", ("revealed", "failed"))
+        assert row.state == "revealed", row.error
+        assert row.result["participants"] == 50  # mal0 never got in
+        assert np.array_equal(np.array(row.result["values"]), c.true_sum(8))
+        log = c.logs["coordinator"].read_text()
+        for needle in ("rejected participation", "rejected result", "rejected registration",
+                       "unknown aggregation 'no-such-round'", "does not verify", "expected 96 bytes",
+                       "signed as 'clerk0' but published by 'mal0'", "already registered with other keys",
+                       "dropped a frame"):
+            assert needle in log, needle
+        assert c.procs["coordinator"].poll() is None
+        c.request("round-y", dimension=8, collect_s=3, results_s=30, close_when_complete=False)
+        row = c.wait_state("round-y", ("revealed", "failed"))
+        assert row.state == "revealed", row.error
+        assert np.array_equal(np.array(row.result["values"]), c.true_sum(8))
+    finally:
+        raw.loop_stop()
+        raw.disconnect()
+        mal.stop()

@@ -246,14 +246,14 @@ class Coordinator:
         row = self.store.aggregation(aggregation_id)
         if row is None or row.state != "collecting":
             return self._reject("participation", topic, f"{aggregation_id} is not collecting")
+        if not self._signed_by(topic, payload, device_id, "participation"):
+            return None
         server = self._ingest.get(aggregation_id)
         if server is None:
             server = Server(a, self._registry_for(a), recipient=self.identity)
             self._ingest[aggregation_id] = server
         try:
             dev = server.accept(payload, time.time())
-            if dev != device_id:
-                raise SdaError(f"participation of {dev!r} published on the topic of {device_id!r}")
         except AlreadyProcessed:
             self.stats.duplicates += 1
             return None
@@ -272,6 +272,8 @@ class Coordinator:
     # --- results -----------------------------------------------------------------------------
 
     def _on_result(self, topic: str, aggregation_id: str, clerk_id: str, payload: bytes) -> None:
+        if not self._signed_by(topic, payload, clerk_id, "result"):
+            return None
         rec = self._recipients.get(aggregation_id)
         if rec is None:
             return self._reject("result", topic, f"{aggregation_id} is not waiting for results")
@@ -283,6 +285,19 @@ class Coordinator:
             return self._reject("result", topic, exc)
         self.store.add_result(aggregation_id, clerk_id, payload)
         return None
+
+    def _signed_by(self, topic: str, payload: bytes, party_id: str, what: str) -> bool:
+        """The envelope names the party whose topic it came on (the broker authenticated that
+        party); anything else is a replay or a forgery through someone else's topic."""
+        try:
+            env = Envelope.decode(payload)
+        except SdaError as exc:
+            self._reject(what, topic, exc)
+            return False
+        if env.signer != party_id:
+            self._reject(what, topic, f"signed as {env.signer!r} but published by {party_id!r}")
+            return False
+        return True
 
     # --- the tick: deadlines and transitions ---------------------------------------------------
 
