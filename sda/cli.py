@@ -73,6 +73,12 @@ def _add_broker_args(p: argparse.ArgumentParser) -> None:
                    help="MQTT version (default: v5 when the broker offers it)")
 
 
+def _add_database_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database", default=None, metavar="URL",
+                   help="coordinator database: postgresql://user@host/db (shared by a leader and ingest"
+                   " workers), sqlite:///PATH or a path (default: SQLite at STATE/coordinator.db)")
+
+
 def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
     co = sub.add_parser("coordinator", help="run or query the coordinator (registry, rounds, reveal)",
                         description="The developer's coordinator: keeps the registry of devices and clerks,"
@@ -89,9 +95,11 @@ def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shared-group", default=None,
                      help="receive participations through the MQTT v5 shared subscription $share/GROUP/...")
     run.add_argument("--client-id", default=None, help="MQTT client id (default: the coordinator id)")
+    _add_database_arg(run)
     new = cosub.add_parser("new", help="ask for a new aggregation (announced by the running service)")
     new.add_argument("aggregation_id")
     new.add_argument("--state", type=Path, required=True)
+    _add_database_arg(new)
     new.add_argument("--dimension", type=_positive, required=True)
     new.add_argument("--scale", type=float, default=1.0, help="fixed-point units per 1.0 (default 1)")
     new.add_argument("--clip", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LO", "HI"))
@@ -102,6 +110,7 @@ def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
     show = cosub.add_parser("show", help="status and result of an aggregation")
     show.add_argument("aggregation_id", nargs="?", default=None, help="omit to list all")
     show.add_argument("--state", type=Path, required=True)
+    _add_database_arg(show)
     show.add_argument("--json", action="store_true")
     keys = cosub.add_parser("keys", help="print the coordinator's public keys (hex)")
     keys.add_argument("--state", type=Path, required=True)

@@ -111,7 +111,8 @@ class Transport:
         if self.config.protocol not in choices:
             raise TransportError(f"protocol must be auto, 5 or 3.1.1, got {self.config.protocol!r}")
         last = "no answer"
-        for proto in choices[self.config.protocol]:
+        protocols = choices[self.config.protocol]
+        for attempt, proto in enumerate(protocols):
             client = self._make_client(proto)
             self._probe.clear()
             self._probe_result = None
@@ -119,6 +120,10 @@ class Transport:
             self._connect(client, proto)
             client.loop_start()
             remaining = max(0.0, deadline - time.monotonic())
+            if attempt < len(protocols) - 1:
+                # Some 3.1.1-only brokers (amqtt) never answer a v5 CONNECT that has properties:
+                # give the probe a short time, and keep the rest for 3.1.1.
+                remaining = min(remaining / 2, 3.0)
             self._probe.wait(remaining)
             if self._probe_result == "ok":
                 self.protocol_version = 5 if proto == mqtt.MQTTv5 else 4
@@ -129,7 +134,7 @@ class Transport:
             client.disconnect()
             self._client = None
             last = self._probe_result or f"no CONNACK from {self.config.host}:{self.config.port}"
-            if self._probe_result not in ("unsupported", "closed"):
+            if self._probe_result not in ("unsupported", "closed", None):
                 break  # refused for another reason (auth) or no broker at all: do not downgrade
         raise TransportError(f"{self.client_id}: cannot connect to {self.config.host}:{self.config.port}: {last}")
 
@@ -241,6 +246,8 @@ class Transport:
             c.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if client is not self._client:
+            return  # a late callback of a client we already gave up on (the v5 probe)
         try:
             if reason_code.is_failure:
                 code = reason_code.value
@@ -265,6 +272,8 @@ class Transport:
             log.exception("%s: error in on_connect", self.client_id)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if client is not self._client:
+            return
         self.connected.clear()
         if not self._probe.is_set():
             self._probe_result = "closed"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..mqtt.transport import BrokerConfig
 from .keys import Credentials, load_or_create_identity
-from .storage import SqliteStore
+from .storage import open_store
 
 
 def _logging() -> None:
@@ -35,7 +35,7 @@ def coordinator_command(args: argparse.Namespace) -> int:
     if args.action == "new":
         from .coordinator import AggregationSpec
 
-        store = SqliteStore(args.state / "coordinator.db")
+        store = open_store(args.database, args.state)
         spec = AggregationSpec(
             aggregation_id=args.aggregation_id, dimension=args.dimension, scale=args.scale,
             clip_lo=args.clip[0], clip_hi=args.clip[1], min_participants=args.min_participants,
@@ -74,24 +74,24 @@ def _coordinator_run(args: argparse.Namespace) -> int:
     coord = Coordinator(CoordinatorConfig(
         state_dir=args.state, broker=broker, client_id=args.client_id,
         ingest_only=args.ingest_only, shared_group=args.shared_group,
-    ))
+    ), store=open_store(args.database, args.state))
     coord.start()
     print(f"coordinator running (state {args.state}); Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         _wait_for_signal()
     finally:
         coord.stop()
+        st = coord.stats
+        logging.getLogger("sda.coordinator").info(
+            "coordinator stopped: %d participations accepted, %d duplicates, rejected %s",
+            st.accepted, st.duplicates, dict(st.rejected))
         if embedded is not None:
             embedded.stop()
     return 0
 
 
 def _coordinator_show(args: argparse.Namespace) -> int:
-    db = args.state / "coordinator.db"
-    if not db.exists():
-        print(f"sda: error: no coordinator database at {db}", file=sys.stderr)
-        return 1
-    store = SqliteStore(db)
+    store = open_store(args.database, args.state, must_exist=True)
     rows = [store.aggregation(args.aggregation_id)] if args.aggregation_id else store.aggregations()
     if rows == [None]:
         print(f"sda: error: no aggregation {args.aggregation_id!r}", file=sys.stderr)

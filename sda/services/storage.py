@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from ..errors import StorageError
 
@@ -283,3 +284,28 @@ def _agg_row(r: tuple) -> AggregationRow:
         result=None if r[6] is None else json.loads(r[6]), error=r[7],
         created_at=r[8], updated_at=r[9],
     )
+
+
+def open_store(url: str | None, state_dir: Path, must_exist: bool = False) -> CoordinatorStore:
+    """The store a `--database` value names (the one place that reads it).
+
+    None: SQLite at STATE/coordinator.db. `postgresql://...` or `postgres://...`: PostgresStore
+    (psycopg is imported only then). `sqlite:///rel/path` or `sqlite:////abs/path` (SQLAlchemy's
+    spelling: what follows `sqlite:///` is the path) or a plain path: SQLite there, relative paths
+    from the working directory. `must_exist`: a StorageError instead of creating a new SQLite file.
+    """
+    if url is not None and url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url is None:
+        path = Path(state_dir) / "coordinator.db"
+    elif url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        path = Path(unquote(url.removeprefix("sqlite:///")))
+    elif "://" in url:
+        raise StorageError(f"--database must be postgresql://..., sqlite:///PATH or a path, got {url.split('://')[0]}://...")
+    else:
+        path = Path(url)
+    if must_exist and not path.exists():
+        raise StorageError(f"no coordinator database at {path}")
+    return SqliteStore(path)
