@@ -108,6 +108,7 @@ class Coordinator:
         self._ingest: dict[str, Server] = {}
         self._jobs_sent_at: dict[str, float] = {}
         self._published_registry: bytes | None = None
+        self._pending_rows: list[tuple[str, str, bytes, bytes]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_finished: Callable[[str], None] | None = None
@@ -152,16 +153,23 @@ class Coordinator:
     def _run(self) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
-            try:
-                topic, payload, ack = self.inbox.get(timeout=self.config.tick_s)
-            except queue.Empty:
-                pass
-            else:
+            batch = self._take_batch()
+            for topic, payload, _ in batch:
                 try:
                     self._handle(topic, payload)
                 except Exception:  # a bug must not stop the service; the message is dropped
                     log.exception("error handling %s", topic)
-                ack()
+            if batch:
+                try:
+                    self._commit_participations()
+                except Exception:
+                    # Not stored, so not acknowledged: forget what the ingest objects saw, so the
+                    # broker's redelivery (after our reconnect) is validated afresh.
+                    log.exception("could not store %d messages; they stay unacknowledged", len(batch))
+                    self._ingest.clear()
+                    continue
+                for _, _, ack in batch:  # only now does the broker forget them
+                    ack()
             now = time.time()
             if now >= next_tick and not self.config.ingest_only:
                 next_tick = now + self.config.tick_s
@@ -169,6 +177,35 @@ class Coordinator:
                     self._tick(now)
                 except Exception:
                     log.exception("error in the coordinator tick")
+
+    def _take_batch(self, limit: int = 512) -> list[tuple[str, bytes, Callable[[], None]]]:
+        """Everything queued (up to `limit`), waiting up to one tick for the first message."""
+        try:
+            batch = [self.inbox.get(timeout=self.config.tick_s)]
+        except queue.Empty:
+            return []
+        while len(batch) < limit:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _commit_participations(self) -> None:
+        """Store the batch's accepted participations in one transaction (group commit)."""
+        rows, self._pending_rows = self._pending_rows, []
+        if not rows:
+            return
+        many = getattr(self.store, "add_participations", None)
+        fresh = many(rows) if many else [self.store.add_participation(*r) for r in rows]
+        now = time.time()
+        for is_new in fresh:
+            if is_new:
+                self.stats.accepted += 1
+                self.stats.first_accept = self.stats.first_accept or now
+                self.stats.last_accept = now
+            else:
+                self.stats.duplicates += 1
 
     def _reject(self, reason: str, topic: str, exc: Exception | str) -> None:
         self.stats.rejected[reason] += 1
@@ -260,13 +297,7 @@ class Coordinator:
         except SdaError as exc:
             return self._reject("participation", topic, exc)
         shares, seed = server.stored(dev)
-        if self.store.add_participation(aggregation_id, dev, shares, seed):
-            now = time.time()
-            self.stats.accepted += 1
-            self.stats.first_accept = self.stats.first_accept or now
-            self.stats.last_accept = now
-        else:
-            self.stats.duplicates += 1
+        self._pending_rows.append((aggregation_id, dev, shares, seed))
         return None
 
     # --- results -----------------------------------------------------------------------------

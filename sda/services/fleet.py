@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,25 @@ def start_fleet(prefix: str, indices: range, broker: BrokerConfig, coordinator_i
     return clients
 
 
+def start_clerks(prefix: str, indices: range, broker: BrokerConfig, coordinator_id: str,
+                 coordinator_key: bytes, passwords: dict[str, str] | None, state: str | None) -> list:
+    """Run one ClerkService per index, each with its own state directory."""
+    import tempfile
+
+    from .clerk import ClerkConfig, ClerkService
+
+    base = Path(state) if state else Path(tempfile.mkdtemp(prefix="sda-clerks-"))
+    out = []
+    for i in indices:
+        name = f"{prefix}{i}"
+        cfg = BrokerConfig(**{**broker.__dict__, "username": name if passwords else broker.username,
+                              "password": passwords.get(name) if passwords else broker.password})
+        svc = ClerkService(ClerkConfig(name, base / name, cfg, coordinator_id, coordinator_key))
+        svc.start()
+        out.append(svc)
+    return out
+
+
 def stop_fleet(clients: list[ParticipantClient]) -> None:
     """Disconnect every client, in parallel: a client whose broker is gone waits up to a second
     for paho's reconnect loop to notice."""
@@ -71,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
     p.add_argument("--prefix", default="dev", help="device ids are PREFIX0, PREFIX1, ...")
     p.add_argument("--first", type=int, default=0)
-    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--count", type=int, default=0, help="devices to run")
+    p.add_argument("--clerks", type=int, default=0, help="clerks to run as well (ids CLERK-PREFIX0, ...)")
+    p.add_argument("--clerk-prefix", default="clerk")
+    p.add_argument("--clerk-first", type=int, default=0)
+    p.add_argument("--state", default=None, help="directory for the clerks' state (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="seed of the devices' vectors")
     p.add_argument("--coordinator-id", default="coordinator")
     p.add_argument("--coordinator-key", required=True, help="coordinator's Ed25519 key, hex")
@@ -83,15 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     passwords = yaml.safe_load(Path(args.passwords).read_text()) if args.passwords else None
     broker = BrokerConfig.from_url(args.broker, protocol=args.protocol)
+    coordinator_key = bytes.fromhex(args.coordinator_key)
+    clerks = start_clerks(args.clerk_prefix, range(args.clerk_first, args.clerk_first + args.clerks), broker,
+                          args.coordinator_id, coordinator_key, passwords, args.state)
     clients = start_fleet(args.prefix, range(args.first, args.first + args.count), broker,
-                          args.coordinator_id, bytes.fromhex(args.coordinator_key), args.seed,
-                          passwords, args.min_participants)
-    print(f"fleet ready: {len(clients)} devices", flush=True)
+                          args.coordinator_id, coordinator_key, args.seed, passwords, args.min_participants)
+    print(f"fleet ready: {len(clients)} devices, {len(clerks)} clerks", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    done.wait(args.seconds)
+    reported = -1
+    stop_at = None if args.seconds is None else time.monotonic() + args.seconds
+    while not done.wait(0.2):
+        sent = sum(len(c.sent) for c in clients)
+        if sent != reported:  # progress for whoever drives the fleet
+            print(f"sent {sent}", flush=True)
+            reported = sent
+        if stop_at is not None and time.monotonic() > stop_at:
+            break
     stop_fleet(clients)
+    for c in clerks:
+        c.stop()
     sent = sum(len(c.sent) for c in clients)
     print(f"fleet stopped: {sent} participations sent", flush=True)
     return 0

@@ -217,6 +217,14 @@ class SqliteStore:
                              (aggregation_id, device_id, padded_shares, sealed_seed, time.time()))
             return cur.rowcount == 1
 
+    def add_participations(self, rows: list[tuple[str, str, bytes, bytes]]) -> list[bool]:
+        """Many (aggregation_id, device_id, padded_shares, sealed_seed) in one transaction (one
+        fsync): the coordinator's group commit. True for each row newly stored."""
+        now = time.time()
+        with self._tx() as db:
+            return [db.execute("INSERT OR IGNORE INTO participations VALUES (?, ?, ?, ?, ?)",
+                               (*row, now)).rowcount == 1 for row in rows]
+
     def participations(self, aggregation_id: str) -> list[tuple[str, bytes, bytes]]:
         rows = self._q("SELECT device_id, padded_shares, sealed_seed FROM participations"
                        " WHERE aggregation_id=?", (aggregation_id,))
