@@ -223,12 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--participants", type=int, default=1000)
     p.add_argument("--clerks", type=int, default=40)
     p.add_argument("--dimension", type=int, default=100)
-    p.add_argument("--device-processes", type=int, default=2)
+    p.add_argument("--device-processes", type=int, default=None,
+                   help="processes for the devices (default: 250 devices each, at least 2)")
     p.add_argument("--brokers", default="mosquitto,embedded")
     args = p.parse_args(argv)
     out = {}
     for kind in args.brokers.split(","):
-        out[kind] = run(kind, args.participants, args.clerks, args.dimension, args.device_processes)
+        procs = args.device_processes or max(2, -(-args.participants // 250))
+        out[kind] = run(kind, args.participants, args.clerks, args.dimension, procs)
     print(json.dumps(out))
     return 0
 

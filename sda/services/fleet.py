@@ -34,10 +34,18 @@ def fleet_sum(seed: int, indices: range | list[int], dimension: int) -> np.ndarr
     return np.sum([fleet_vector(seed, i, dimension) for i in indices], axis=0)
 
 
+#: paho's network loop uses select(), which cannot watch file descriptors above 1023, and each
+#: client holds three (its socket and a wake-up socket pair): about 300 clients per process.
+MAX_CLIENTS_PER_PROCESS = 300
+
+
 def start_fleet(prefix: str, indices: range, broker: BrokerConfig, coordinator_id: str,
                 coordinator_key: bytes, seed: int, passwords: dict[str, str] | None = None,
                 min_participants: int = 10) -> list[ParticipantClient]:
     """Connect and register one ParticipantClient per index; each answers every announce."""
+    if len(indices) > MAX_CLIENTS_PER_PROCESS:
+        raise ValueError(f"at most {MAX_CLIENTS_PER_PROCESS} devices per process (paho uses select()),"
+                         f" got {len(indices)}: run more fleet processes")
     clients = []
     for i in indices:
         name = f"{prefix}{i}"
