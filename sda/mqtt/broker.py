@@ -62,7 +62,43 @@ class _OpenLoopbackAuth(BaseAuthPlugin):
         return True
 
 
-class _GuardedReader(StreamReaderAdapter):
+class _PrefixedReader(StreamReaderAdapter):
+    """A reader that first hands back bytes already read from the stream (the peeked CONNECT)."""
+
+    def __init__(self, reader: asyncio.StreamReader, prefix: bytes = b"") -> None:
+        super().__init__(reader)
+        self._prefix = prefix
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            if n < 0 or n >= len(self._prefix):
+                out, self._prefix = self._prefix, b""
+            else:
+                out, self._prefix = self._prefix[:n], self._prefix[n:]
+            return out
+        return await super().read(n)
+
+
+async def _peek_connect(reader: asyncio.StreamReader) -> tuple[bytes, int | None]:
+    """Read a CONNECT's fixed header, protocol name and level: (bytes read, level or None)."""
+    got = bytearray(await reader.readexactly(1))
+    for _ in range(4):  # remaining length: 1 to 4 bytes
+        b = await reader.readexactly(1)
+        got += b
+        if not b[0] & 0x80:
+            break
+    if got[0] != 0x10:
+        return bytes(got), None
+    head = await reader.readexactly(2)
+    got += head
+    name_len = int.from_bytes(head, "big")
+    if name_len > 6:
+        return bytes(got), None
+    got += await reader.readexactly(name_len + 1)
+    return bytes(got), got[-1]
+
+
+class _GuardedReader(_PrefixedReader):
     """Reads a client's byte stream and disconnects it when a packet announces more than `limit` bytes.
 
     The check runs on the fixed header (type byte plus remaining length), before amqtt reads the body,
@@ -70,8 +106,9 @@ class _GuardedReader(StreamReaderAdapter):
     the read sizes, so it does not depend on how amqtt slices its reads.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int,
+                 prefix: bytes = b"") -> None:
+        super().__init__(reader, prefix)
         self._writer, self._limit = writer, limit
         self._in_header, self._remaining, self._mult, self._nlen, self._body_left = False, 0, 1, 0, 0
         self._closed = False
@@ -129,8 +166,23 @@ class _Broker(Broker):
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
+        # amqtt never answers an MQTT v5 CONNECT that carries properties, so a v5 client would wait
+        # for its CONNACK until a timeout. Refuse v5 at once, the 3.1.1 way (return code 1), so
+        # clients fall back to 3.1.1 without delay.
+        try:
+            prefix, level = await asyncio.wait_for(_peek_connect(reader), 10)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.transport.abort()
+            return
+        if level == 5:
+            writer.write(b"\x20\x02\x00\x01")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            return
         limit = self._max_packet_bytes
-        adapter = StreamReaderAdapter(reader) if limit is None else _GuardedReader(reader, writer, limit)
+        adapter = (_PrefixedReader(reader, prefix) if limit is None
+                   else _GuardedReader(reader, writer, limit, prefix))
         try:
             await self.external_connected(adapter, StreamWriterAdapter(writer), listener_name)
         except Exception:

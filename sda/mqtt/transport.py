@@ -252,7 +252,8 @@ class Transport:
             if reason_code.is_failure:
                 code = reason_code.value
                 self._probe_result = "unsupported" if code in (_UNSUPPORTED_PROTOCOL, 1) else str(reason_code)
-                log.warning("%s: broker refused the connection: %s", self.client_id, reason_code)
+                level = logging.INFO if self._probe_result == "unsupported" else logging.WARNING
+                log.log(level, "%s: broker refused the connection: %s", self.client_id, reason_code)
                 self._probe.set()
                 return
             if properties is not None and hasattr(properties, "MaximumPacketSize"):
@@ -274,11 +275,12 @@ class Transport:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if client is not self._client:
             return
+        was_connected = self.connected.is_set()
         self.connected.clear()
         if not self._probe.is_set():
             self._probe_result = "closed"
             self._probe.set()
-        elif self._client is client:
+        elif was_connected:
             log.warning("%s disconnected (%s); paho reconnects with backoff", self.client_id, reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
