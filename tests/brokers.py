@@ -40,6 +40,10 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    """Mosquitto could not bind its port."""
+
+
 def _broker_user() -> str | None:
     """The user Mosquitto will run as when started by root, or None if we are not root."""
     if os.geteuid() != 0:
@@ -94,9 +98,7 @@ class MosquittoBroker:
         provision.write_acl(self.acl_file, "coordinator", owner=self._owner)
         if tls is not None:
             tls = self._copy_tls_files(tls)
-        provision.write_config(
-            self.conf,
-            port=self.port,
+        self._config = dict(
             passwd_file=self.passwd_file,
             acl_file=self.acl_file,
             persistence_dir=self.workdir,
@@ -105,6 +107,11 @@ class MosquittoBroker:
             use_username_as_clientid=use_username_as_clientid,
             extra_lines=(*extra_lines, *(["user root"] if run_as == "root" else [])),
         )
+        self._started_once = False
+        self._write_config()
+
+    def _write_config(self) -> None:
+        provision.write_config(self.conf, port=self.port, **self._config)
 
     def _copy_tls_files(self, tls: dict) -> dict:
         """Copy the certificate and key into the work dir: Mosquitto 2.0 reads them after dropping
@@ -131,7 +138,22 @@ class MosquittoBroker:
         return self._proc.pid if self._proc and self._proc.poll() is None else None
 
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
-        """Start `mosquitto -c conf` and wait until its port accepts connections."""
+        """Start `mosquitto -c conf` and wait until its port accepts connections.
+
+        On the very first start, a port taken in the meantime (another test's broker) is replaced
+        by a fresh one; `restart` keeps the port.
+        """
+        for _attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if self._started_once:
+                    raise RuntimeError(f"port {self.port} was taken while mosquitto was down") from None
+                self.port = free_port()
+                self._write_config()
+        raise RuntimeError("could not find a free port for mosquitto in 3 attempts")
+
+    def _start(self, timeout: float) -> MosquittoBroker:
         if self.pid is not None:
             return self
         self._log = open(self.log_file, "ab")  # noqa: SIM115  (kept open for the process' lifetime)
@@ -144,10 +166,17 @@ class MosquittoBroker:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
+                if "Address already in use" in self.log_tail(5):
+                    self.stop()
+                    raise _PortTaken
                 raise RuntimeError(
                     f"mosquitto exited with status {self._proc.returncode} on start:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+            # Ready when an MQTT CONNECT gets a CONNACK (anonymous: refused, which proves it is
+            # our broker answering, not some other listener that took the port).
+            with contextlib.suppress(OSError, TimeoutError):
+                self.connack(None, None, timeout=0.5)
+                self._started_once = True
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -185,7 +214,11 @@ class MosquittoBroker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> MosquittoBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
