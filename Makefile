@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEB_PACKAGES := mosquitto espeak-ng libportaudio2 tmux
+DEB_PACKAGES := mosquitto espeak-ng libportaudio2 tmux postgresql
 
 .PHONY: test demo bench lint system-deps clean
 
@@ -14,7 +14,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Debian packages the tests use (a real Mosquitto broker, espeak-ng voices, PortAudio, tmux).
+# Debian packages the tests use (a real Mosquitto broker, espeak-ng voices, PortAudio, tmux, and
+# PostgreSQL: the tests start their own server from /usr/lib/postgresql/<version>/bin, never the
+# cluster the package may start on port 5432).
 # Installed only when running as root and only when one is missing; otherwise a note says what to install.
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \

@@ -20,13 +20,14 @@ from sda.mqtt.transport import BrokerConfig
 from sda.services.coordinator import AggregationSpec
 from sda.services.fleet import fleet_sum
 from sda.services.keys import Credentials, load_or_create_identity
-from sda.services.storage import SqliteStore
+from sda.services.storage import CoordinatorStore, open_store
 
 
 class Cluster:
     """Processes of one deployment, all torn down by `close()`."""
 
-    def __init__(self, tmp: Path, clerks: int, devices: int, seed: int = 7, extra_users: tuple[str, ...] = ()):
+    def __init__(self, tmp: Path, clerks: int, devices: int, seed: int = 7, extra_users: tuple[str, ...] = (),
+                 database: str | None = None):
         self.tmp = tmp
         self.seed = seed
         self.clerk_names = [f"clerk{i}" for i in range(clerks)]
@@ -34,10 +35,11 @@ class Cluster:
         users = ("coordinator", *self.clerk_names, *self.device_names, *extra_users)
         self.broker = MosquittoBroker(users=users).start()
         self.state = tmp / "coordinator"
+        self.database = database  # `--database` of the coordinator processes (None: SQLite under state)
         self.identity = load_or_create_identity(self.state / "coordinator.key")
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        self._store: SqliteStore | None = None
+        self._store: CoordinatorStore | None = None
 
     # --- configs -----------------------------------------------------------------------------
 
@@ -53,9 +55,9 @@ class Cluster:
         return self.identity.public().sign_key
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> CoordinatorStore:
         if self._store is None:
-            self._store = SqliteStore(self.state / "coordinator.db")
+            self._store = open_store(self.database, self.state)
         return self._store
 
     # --- processes ---------------------------------------------------------------------------
@@ -69,10 +71,22 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_coordinator(self) -> None:
+    def _database_args(self) -> list[str]:
+        return ["--database", self.database] if self.database else []
+
+    def start_coordinator(self, shared_group: str | None = None) -> None:
         self._spawn("coordinator", ["-m", "sda.cli", "coordinator", "run", "--state", str(self.state),
-                                    "--broker", self.url("coordinator")])
+                                    "--broker", self.url("coordinator"), *self._database_args(),
+                                    *(["--shared-group", shared_group] if shared_group else [])])
         self.wait_log("coordinator", "coordinator running")
+
+    def start_ingest_worker(self, client_id: str, shared_group: str) -> None:
+        """Another coordinator process, `--ingest-only`, logged in as the broker user `coordinator`
+        under its own client id, in the shared subscription group (process and log named client_id)."""
+        self._spawn(client_id, ["-m", "sda.cli", "coordinator", "run", "--ingest-only", "--shared-group",
+                                shared_group, "--client-id", client_id, "--state", str(self.state),
+                                "--broker", self.url("coordinator"), *self._database_args()])
+        self.wait_log(client_id, "coordinator running")
 
     def start_clerk(self, name: str) -> None:
         cred = Credentials(name, "clerk", self.broker_config(name), "coordinator",
@@ -151,8 +165,8 @@ class Cluster:
 
     def show(self, aggregation_id: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "sda.cli", "coordinator", "show", aggregation_id,
-                              "--state", str(self.state), "--json"], capture_output=True, text=True,
-                             check=True, env=os.environ)
+                              "--state", str(self.state), *self._database_args(), "--json"],
+                             capture_output=True, text=True, check=True, env=os.environ)
         return json.loads(out.stdout)
 
 
