@@ -236,3 +236,38 @@ def test_bad_input_on_every_topic_is_rejected_and_the_next_round_succeeds(cluste
         raw.loop_stop()
         raw.disconnect()
         mal.stop()
+
+
+def test_a_failed_database_write_loses_no_participation(cluster):
+    """The store fails once (a full disk, a lost database connection): nothing of that batch was
+    acknowledged, the coordinator reconnects, the broker redelivers, the round is complete."""
+    from sda.errors import StorageError
+    from sda.services.coordinator import Coordinator, CoordinatorConfig
+    from sda.services.storage import SqliteStore
+
+    class FailsOnce(SqliteStore):
+        failures = 0
+
+        def add_participations(self, rows):
+            if FailsOnce.failures == 0:
+                FailsOnce.failures += 1
+                raise StorageError("disk full (injected)")
+            return super().add_participations(rows)
+
+    coord = Coordinator(CoordinatorConfig(cluster.state, cluster.broker_config("coordinator")),
+                        store=FailsOnce(cluster.state / "coordinator.db"))
+    coord.start()
+    try:
+        for name in cluster.clerk_names:
+            cluster.start_clerk(name)
+        cluster.start_fleet("fleetA", 0, 25)
+        cluster.start_fleet("fleetB", 25, 25)
+        cluster.wait_registered(clerks=12, devices=50)
+        cluster.request("round-f", dimension=8, collect_s=6, results_s=20, close_when_complete=False)
+        row = cluster.wait_state("round-f", ("revealed", "failed"), timeout=90)
+    finally:
+        coord.stop()
+    assert FailsOnce.failures == 1
+    assert row.state == "revealed", row.error
+    assert row.result["participants"] == 50
+    assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))

@@ -146,6 +146,19 @@ class Transport:
             client.loop_stop()
         self.connected.clear()
 
+    def redeliver_unacknowledged(self) -> None:
+        """Drop and re-open the connection (same client id, same session), so the broker sends
+        again every QoS 1 message we have not acknowledged: what a service does when it could
+        not store what it received."""
+        client = self._client
+        if client is None:
+            return
+        client.loop_stop()
+        client.disconnect()
+        self.connected.clear()
+        self._connect(client, mqtt.MQTTv5 if self.protocol_version == 5 else mqtt.MQTTv311)
+        client.loop_start()
+
     def __enter__(self) -> Transport:
         self.start()
         return self

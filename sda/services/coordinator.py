@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -154,22 +155,31 @@ class Coordinator:
         next_tick = 0.0
         while not self._stop.is_set():
             batch = self._take_batch()
+            stored = True
             for topic, payload, _ in batch:
                 try:
                     self._handle(topic, payload)
+                except (StorageError, sqlite3.Error):
+                    stored = False
+                    log.exception("could not store what came on %s", topic)
                 except Exception:  # a bug must not stop the service; the message is dropped
                     log.exception("error handling %s", topic)
-            if batch:
+            if batch and stored:
                 try:
                     self._commit_participations()
                 except Exception:
-                    # Not stored, so not acknowledged: forget what the ingest objects saw, so the
-                    # broker's redelivery (after our reconnect) is validated afresh.
-                    log.exception("could not store %d messages; they stay unacknowledged", len(batch))
-                    self._ingest.clear()
-                    continue
-                for _, _, ack in batch:  # only now does the broker forget them
-                    ack()
+                    log.exception("could not store a batch of %d messages", len(batch))
+                    stored = False
+            if not stored:
+                # Nothing of this batch is acknowledged. Forget what the ingest objects saw and
+                # reconnect, so the broker redelivers the batch and it is validated afresh.
+                self._pending_rows.clear()
+                self._ingest.clear()
+                time.sleep(1.0)
+                self.transport.redeliver_unacknowledged()
+                continue
+            for _, _, ack in batch:  # only now does the broker forget them
+                ack()
             now = time.time()
             if now >= next_tick and not self.config.ingest_only:
                 next_tick = now + self.config.tick_s
