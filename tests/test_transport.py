@@ -184,3 +184,49 @@ def test_unreachable_broker_times_out_with_a_clear_error():
     t = Transport("lonely", BrokerConfig(port=free_port()), Inbox())
     with pytest.raises(TransportError, match="cannot connect"):
         t.start(timeout_s=1.5)
+
+
+def test_a_chunked_message_is_redelivered_until_the_service_acknowledges_it(small_packet_broker):
+    b = small_packet_broker
+    got: list[tuple[bytes, object]] = []
+    cond = threading.Condition()
+
+    def keep(topic, payload, retained, ack):
+        with cond:
+            got.append((payload, ack))
+            cond.notify_all()
+
+    rx = Transport("rx3", cfg(b, "coordinator"), keep, manual_ack=True)
+    tx = Transport("tx3", cfg(b, "dev1"), Inbox())
+    rx.start()
+    tx.start()
+    try:
+        rx.subscribe("sda/v1/agg/+/participation/dev1")
+        time.sleep(0.2)
+        payload = os.urandom(20_000)  # 6 chunks under the 4 KB limit
+        assert tx.wait_published(tx.publish("sda/v1/agg/c/participation/dev1", payload))
+        with cond:
+            assert cond.wait_for(lambda: len(got) == 1, 15)
+        rx.redeliver_unacknowledged()  # as after a crash before the commit: nothing was acked
+        with cond:
+            assert cond.wait_for(lambda: len(got) == 2, 15)
+        assert got[1][0] == payload
+        got[1][1]()  # stored: now acknowledge every chunk
+        time.sleep(0.3)
+        rx.redeliver_unacknowledged()
+        time.sleep(1.5)
+        assert len(got) == 2  # acknowledged messages are not sent again
+    finally:
+        rx.stop()
+        tx.stop()
+
+
+def test_one_topic_cannot_evict_another_topics_partial_message():
+    r = Reassembler(max_message_bytes=10_000, max_per_topic=2)
+    victim = frame(bytes(range(200)) * 2, 100)
+    r.feed("sda/v1/agg/a/participation/honest", victim[0])
+    for _ in range(50):  # a flood of half messages on the attacker's own topic
+        r.feed("sda/v1/agg/a/participation/mallory", frame(os.urandom(300), 100)[0])
+    out = [r.feed("sda/v1/agg/a/participation/honest", f) for f in victim[1:]]
+    assert out[-1] == bytes(range(200)) * 2
+    assert r.pending == 2  # only the attacker's two newest partial messages remain

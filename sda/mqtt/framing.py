@@ -13,6 +13,7 @@ import os
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import MessageError
@@ -47,30 +48,51 @@ class _Partial:
     started: float
     parts: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
+    acks: list[Callable[[], None]] = field(default_factory=list)
+
+
+#: A message of at most this many chunks has its chunks' acknowledgements held until the whole
+#: message is handled; a larger one would fill the broker's window of unacknowledged messages
+#: (Mosquitto's default max_inflight_messages is 20), so its chunks are acknowledged on arrival.
+HOLD_ACKS_UP_TO = 8
 
 
 class Reassembler:
     """Turns frames back into payloads. `feed` returns a payload when one is complete.
 
-    Limits: max_message_bytes per message, max_partial messages in flight (oldest dropped),
-    max_age_s before an incomplete message is dropped.
+    Limits: max_message_bytes per message; max_per_topic partial messages per topic (one sender
+    cannot evict another's); max_partial messages and max_total_bytes in all (oldest dropped);
+    max_age_s before an incomplete message is dropped. A dropped message's held acknowledgements
+    are released, so the broker's window does not stay full.
     """
 
-    def __init__(self, max_message_bytes: int, max_partial: int = 256, max_age_s: float = 120.0):
+    def __init__(self, max_message_bytes: int, max_partial: int = 256, max_age_s: float = 120.0,
+                 max_per_topic: int = 2, max_total_bytes: int = 64 * 1024 * 1024):
         self.max_message_bytes = max_message_bytes
         self.max_partial = max_partial
         self.max_age_s = max_age_s
+        self.max_per_topic = max_per_topic
+        self.max_total_bytes = max_total_bytes
         self._partial: OrderedDict[tuple[str, bytes], _Partial] = OrderedDict()
+        self._bytes = 0
 
     def feed(self, topic: str, data: bytes, now: float | None = None) -> bytes | None:
         """Consume one frame from `topic`; MessageError for a malformed or oversized one."""
+        out = self.feed_held(topic, data, _noop, now)
+        return None if out is None else out[0]
+
+    def feed_held(self, topic: str, data: bytes, ack: Callable[[], None],
+                  now: float | None = None) -> tuple[bytes, list[Callable[[], None]]] | None:
+        """Like `feed`, with the frame's acknowledgement: returns (payload, the acknowledgements
+        to call once the payload is handled), or None while the message is incomplete. On
+        MessageError the caller acknowledges this frame itself."""
         now = time.monotonic() if now is None else now
         if not data:
             raise MessageError("empty frame")
         if data[0] == WHOLE:
             if len(data) - 1 > self.max_message_bytes:
                 raise MessageError(f"message of {len(data) - 1} bytes over {self.max_message_bytes}")
-            return data[1:]
+            return data[1:], [ack]
         if data[0] != CHUNK or len(data) < _CHUNK_HEADER.size:
             raise MessageError(f"unknown frame type {data[0]} or short chunk header")
         _, msg_id, index, count = _CHUNK_HEADER.unpack_from(data)
@@ -81,33 +103,58 @@ class Reassembler:
         key = (topic, msg_id)
         part = self._partial.get(key)
         if part is None:
+            same_topic = [k for k in self._partial if k[0] == topic]
+            for k in same_topic[: max(0, len(same_topic) - self.max_per_topic + 1)]:
+                self._drop(k)
             part = _Partial(count, now)
             self._partial[key] = part
             while len(self._partial) > self.max_partial:
-                self._partial.popitem(last=False)
+                self._drop(next(iter(self._partial)))
         if part.count != count:
-            del self._partial[key]
+            self._drop(key)
             raise MessageError("chunks of one message disagree on their count")
         if index in part.parts:
+            ack()
             return None  # a duplicate delivery (QoS 1): ignore
         part.parts[index] = body
         part.size += len(body)
+        self._bytes += len(body)
+        if count <= HOLD_ACKS_UP_TO:
+            part.acks.append(ack)
+        else:
+            ack()
         if part.size > self.max_message_bytes:
-            del self._partial[key]
+            self._drop(key)
             raise MessageError(f"chunked message grows over {self.max_message_bytes} bytes")
+        while self._bytes > self.max_total_bytes and len(self._partial) > 1:
+            oldest = next(iter(self._partial))
+            if oldest == key:
+                break
+            self._drop(oldest)
         if len(part.parts) < count:
             return None
         del self._partial[key]
-        return b"".join(part.parts[i] for i in range(count))
+        self._bytes -= part.size
+        return b"".join(part.parts[i] for i in range(count)), part.acks
+
+    def _drop(self, key: tuple[str, bytes]) -> None:
+        part = self._partial.pop(key)
+        self._bytes -= part.size
+        for a in part.acks:
+            a()
 
     def _expire(self, now: float) -> None:
         while self._partial:
             key, part = next(iter(self._partial.items()))
             if now - part.started <= self.max_age_s:
                 break
-            del self._partial[key]
+            self._drop(key)
 
     @property
     def pending(self) -> int:
         """Incomplete messages held."""
         return len(self._partial)
+
+
+def _noop() -> None:
+    pass

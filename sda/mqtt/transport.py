@@ -307,15 +307,23 @@ class Transport:
             if not msg.payload:
                 return  # a cleared retained message
             try:
-                payload = self._reassembler.feed(msg.topic, msg.payload)
+                # The reassembler holds a chunk's acknowledgement until its message is complete.
+                got = self._reassembler.feed_held(msg.topic, msg.payload, ack)
             except MessageError as exc:
                 self.rejected += 1
                 log.warning("%s: dropped a frame on %s: %s", self.client_id, msg.topic, exc)
                 return
-            if payload is not None:
-                # Only a whole frame's ack waits for the service; chunks are acked on arrival.
-                handed_over = msg.payload[0] == 0
-                self.on_message(msg.topic, payload, bool(msg.retain), ack if handed_over else _noop)
+            handed_over = True
+            if got is not None:
+                payload, acks = got
+
+                def ack_all() -> None:
+                    for a in acks:
+                        a()
+
+                handed_over = False
+                self.on_message(msg.topic, payload, bool(msg.retain), ack_all)
+                handed_over = True
         except Exception:  # the handler's bug must not kill the network thread
             log.exception("%s: error handling a message on %s", self.client_id, msg.topic)
         finally:
