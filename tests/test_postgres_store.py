@@ -159,7 +159,9 @@ def test_aggregation_lifecycle_writes(store):
 
 
 def test_duplicate_participation_and_result_return_false_and_keep_the_first(store):
-    store.create_aggregation("r", {})
+    for agg in ("r", "r2"):
+        store.create_aggregation(agg, {})
+        store.set_announced(agg, b"announce")
     assert store.add_participation("r", "dev1", b"first", b"seed1") is True
     assert store.add_participation("r", "dev1", b"second", b"seed2") is False
     assert store.add_participation("r2", "dev1", b"other round", b"s") is True  # per aggregation
@@ -229,6 +231,7 @@ def test_concurrent_writers_on_two_connections_lose_no_rows(connect):
     redelivered to the other worker). Every row arrives, and each shared device wins exactly once."""
     a, b = connect(), connect()
     a.create_aggregation("c", {})
+    a.set_announced("c", b"announce")
     won: dict[str, list[str]] = {"a": [], "b": []}
 
     def writer(store, name, devices):
@@ -312,3 +315,18 @@ def test_cli_new_and_show_use_the_database_option(tmp_path, postgres_dsn, capsys
     pg.close()
     assert main(["coordinator", "show", "--state", str(state)]) == 1  # the default SQLite file does not exist
     assert "no coordinator database" in capsys.readouterr().err
+
+
+def test_participations_are_stored_only_while_collecting_and_read_in_arrival_order(store):
+    assert store.add_participation("nope", "dev1", b"x", b"s") is False  # no such aggregation
+    store.create_aggregation("r", {})
+    assert store.add_participation("r", "dev1", b"x", b"s") is False  # pending: not announced yet
+    store.set_announced("r", b"announce")
+    for d in ("dev9", "dev2", "dev5"):
+        assert store.add_participation("r", d, d.encode(), b"s") is True
+    assert [p[0] for p in store.participations("r")] == ["dev9", "dev2", "dev5"]
+    assert store.close_collection("r") is True
+    assert store.close_collection("r") is False  # only once
+    assert store.add_participation("r", "dev7", b"late", b"s") is False  # closing: the snapshot reads now
+    assert store.participation_count("r") == 3
+    assert store.aggregation("r").state == "closing"

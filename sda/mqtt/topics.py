@@ -51,9 +51,11 @@ def registration(party_id: str) -> str:
     return f"{PREFIX}/registry/{party_id}"
 
 
-def registry_snapshot() -> str:
-    """Coordinator, retained: the signed registry snapshot that bitmaps index into."""
-    return f"{PREFIX}/registry_snapshot"
+def registry_snapshot(page: int = 0) -> str:
+    """Coordinator, retained: one signed page of the registry snapshot that bitmaps index into."""
+    if not isinstance(page, int) or page < 0:
+        raise ValueError(f"page must be an int >= 0, got {page!r}")
+    return f"{PREFIX}/registry_snapshot/{page}"
 
 
 def release(model_id: str) -> str:
@@ -73,6 +75,7 @@ ALL_ANNOUNCES = f"{PREFIX}/agg/+/announce"
 ALL_PARTICIPATIONS = f"{PREFIX}/agg/+/participation/+"
 ALL_RESULTS = f"{PREFIX}/agg/+/result/+"
 ALL_REGISTRATIONS = f"{PREFIX}/registry/+"
+ALL_REGISTRY_PAGES = f"{PREFIX}/registry_snapshot/+"
 
 
 def jobs_of(clerk_id: str) -> str:
@@ -102,7 +105,7 @@ _PATTERNS = [
     ("result", re.compile(rf"{PREFIX}/agg/({_ID})/result/({_ID})")),
     ("job", re.compile(rf"{PREFIX}/clerk/({_ID})/job/({_ID})")),
     ("registration", re.compile(rf"{PREFIX}/registry/({_ID})")),
-    ("registry_snapshot", re.compile(rf"{PREFIX}/registry_snapshot")),
+    ("registry_snapshot", re.compile(rf"{PREFIX}/registry_snapshot/([0-9]{{1,6}})")),
     ("release", re.compile(rf"{PREFIX}/model/({_ID})/release")),
     ("inbox", re.compile(rf"{PREFIX}/device/({_ID})/inbox")),
 ]
@@ -143,7 +146,7 @@ def acl_lines(coordinator_user: str = "coordinator") -> list[str]:
         f"pattern write {PREFIX}/agg/+/result/%u",
         f"pattern read {PREFIX}/clerk/%u/job/+",
         f"pattern readwrite {PREFIX}/registry/%u",
-        f"pattern read {PREFIX}/registry_snapshot",
+        f"pattern read {PREFIX}/registry_snapshot/+",
         f"pattern read {PREFIX}/model/+/release",
         f"pattern read {PREFIX}/device/%u/inbox",
         "",

@@ -323,17 +323,31 @@ def _entry(where: str, v: Any) -> tuple[str, bytes, bytes]:
     )
 
 
+#: Registry entries per snapshot page: ~100 KB, one MQTT packet, retainable.
+REGISTRY_PAGE = 1000
+
+
 @dataclass(frozen=True)
 class RegistrySnapshot(Message):
-    """The coordinator's ordered device registry; participant bitmaps index into it."""
+    """One page of the coordinator's ordered device registry (participant bitmaps index into it).
+
+    Page `page` of `pages` holds entries [page * REGISTRY_PAGE, ...) of a registry of
+    `registry_size` devices whose hash is `registry_hash`.
+    """
 
     TYPE: ClassVar[str] = "registry_snapshot"
     coordinator_id: str
     registry_hash: bytes
+    registry_size: int
+    page: int
+    pages: int
     entries: tuple[tuple[str, bytes, bytes], ...]
 
     SCHEMA: ClassVar[dict[str, c.Validator]] = {
         "coordinator_id": c.ident(),
         "registry_hash": c.blob(exact=32),
-        "entries": c.array_of(_entry, 1, MAX_PARTICIPANTS),
+        "registry_size": c.integer(1, MAX_PARTICIPANTS),
+        "page": c.integer(0, MAX_PARTICIPANTS // REGISTRY_PAGE),
+        "pages": c.integer(1, MAX_PARTICIPANTS // REGISTRY_PAGE + 1),
+        "entries": c.array_of(_entry, 1, REGISTRY_PAGE),
     }

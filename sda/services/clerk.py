@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from ..errors import AlreadyProcessed, SdaError
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.clerk import Clerk
+from ..protocol.codec import pack, unpack
 from ..protocol.messages import Announce, ClerkJob, Envelope, Registration, RegistrySnapshot, open_signed, seal
 from ..protocol.params import open_announce
 from ..protocol.registry import Registry, RegistryEntry
@@ -35,7 +37,10 @@ CREATE TABLE IF NOT EXISTS processed (
     aggregation_id TEXT PRIMARY KEY, snapshot_hash BLOB NOT NULL, participants INTEGER NOT NULL,
     result BLOB NOT NULL, processed_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pairwise (peer_box_key BLOB PRIMARY KEY, key BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS registry_snapshots (registry_hash BLOB PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS registry_pages (
+    registry_hash BLOB NOT NULL, page INTEGER NOT NULL, pages INTEGER NOT NULL, envelope BLOB NOT NULL,
+    PRIMARY KEY (registry_hash, page));
+CREATE TABLE IF NOT EXISTS registries (registry_hash BLOB PRIMARY KEY, size INTEGER NOT NULL, entries BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS announces (aggregation_id TEXT PRIMARY KEY, envelope BLOB NOT NULL);
 """
 
@@ -91,7 +96,7 @@ class ClerkService:
         reg = Registration(self.config.clerk_id, "clerk", pub.sign_key, pub.box_key)
         self.transport.publish(topics.registration(self.config.clerk_id),
                                seal(reg, self.config.clerk_id, self.identity), retain=True)
-        self.transport.subscribe(topics.registry_snapshot())
+        self.transport.subscribe(topics.ALL_REGISTRY_PAGES)
         self.transport.subscribe(topics.ALL_ANNOUNCES)
         self.transport.subscribe(topics.jobs_of(self.config.clerk_id))
         self._thread = threading.Thread(target=self._run, name=f"clerk-{self.config.clerk_id}", daemon=True)
@@ -144,16 +149,34 @@ class ClerkService:
         return self.config.coordinator_sign_key if signer == self.config.coordinator_id else None
 
     def _on_registry(self, topic: str, payload: bytes) -> None:
+        """Keep a signed page; once every page of a registry is here, assemble and check it."""
         try:
             snap, _ = open_signed(payload, RegistrySnapshot, self._coordinator_key)
-            reg = Registry([RegistryEntry(*e) for e in snap.entries])
-            if reg.snapshot_hash != snap.registry_hash:
-                raise SdaError("registry snapshot hash does not match its entries")
+            if snap.page >= snap.pages:
+                raise SdaError(f"registry page {snap.page} of {snap.pages}")
         except SdaError as exc:
             return self._reject("registry", topic, exc)
         with transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO registry_snapshots VALUES (?, ?)", (snap.registry_hash, payload))
+            self.db.execute("INSERT OR IGNORE INTO registry_pages VALUES (?, ?, ?, ?)",
+                            (snap.registry_hash, snap.page, snap.pages, payload))
+        rows = self.db.execute("SELECT page, envelope FROM registry_pages WHERE registry_hash=? ORDER BY page",
+                               (snap.registry_hash,)).fetchall()
+        if len(rows) < snap.pages:
+            return None
+        entries: list = []
+        for _, env in rows:
+            entries.extend(RegistrySnapshot.decode(Envelope.decode(bytes(env)).payload).entries)
+        reg = Registry([RegistryEntry(*e) for e in entries])
+        if reg.snapshot_hash != snap.registry_hash or len(reg) != snap.registry_size:
+            return self._reject("registry", topic, "assembled registry does not match its hash")
+        self._save_registry(reg)
         return None
+
+    def _save_registry(self, reg: Registry) -> None:
+        blob = pack([[e.device_id, e.sign_key, e.box_key] for e in reg.entries])
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO registries VALUES (?, ?, ?)", (reg.snapshot_hash, len(reg), blob))
+            self.db.execute("DELETE FROM registry_pages WHERE registry_hash=?", (reg.snapshot_hash,))
 
     def _on_announce(self, topic: str, aggregation_id: str, payload: bytes) -> None:
         try:
@@ -172,17 +195,22 @@ class ClerkService:
             return None
         return Announce.decode(Envelope.decode(bytes(row[0])).payload)
 
-    def _registry(self, registry_hash: bytes) -> Registry | None:
-        row = self.db.execute("SELECT envelope FROM registry_snapshots WHERE registry_hash=?",
-                              (registry_hash,)).fetchone()
-        if row is None:
-            return None
-        snap = RegistrySnapshot.decode(Envelope.decode(bytes(row[0])).payload)
-        return Registry([RegistryEntry(*e) for e in snap.entries])
+    def _registry(self, registry_hash: bytes, size: int) -> Registry | None:
+        """The registry with this hash: stored, or the first `size` entries of a larger one
+        (the registry only grows, so an older snapshot is a prefix of every later one)."""
+        row = self.db.execute("SELECT entries FROM registries WHERE registry_hash=?", (registry_hash,)).fetchone()
+        if row is not None:
+            return Registry([RegistryEntry(*e) for e in unpack(bytes(row[0]), "registry")])
+        for (blob,) in self.db.execute("SELECT entries FROM registries WHERE size > ? ORDER BY size", (size,)):
+            reg = Registry([RegistryEntry(*e) for e in unpack(bytes(blob), "registry")[:size]])
+            if reg.snapshot_hash == registry_hash:
+                self._save_registry(reg)
+                return reg
+        return None
 
     def _ready(self, agg: str) -> bool:
         a = self._announce(agg)
-        return a is not None and self._registry(a.registry_hash) is not None
+        return a is not None and self._registry(a.registry_hash, a.registry_size) is not None
 
     def _on_job(self, topic: str, agg: str, payload: bytes) -> None:
         done = self.db.execute("SELECT snapshot_hash, result FROM processed WHERE aggregation_id=?",
@@ -200,7 +228,7 @@ class ClerkService:
             self.stats.resent += 1
             return None
         a = self._announce(agg)
-        reg = self._registry(a.registry_hash) if a is not None else None
+        reg = self._registry(a.registry_hash, a.registry_size) if a is not None else None
         if a is None or reg is None:
             if len(self._pending_jobs) < 64:
                 self._pending_jobs[agg] = payload  # wait for its announce / registry snapshot
@@ -212,10 +240,15 @@ class ClerkService:
         job = ClerkJob.decode(Envelope.decode(payload).payload)
         result = self._tamper(out.envelope) if self._tamper else out.envelope
         new_keys = [(k, v) for k, v in self.pairwise.cached.items() if k not in self._persisted_keys]
-        with transaction(self.db):  # persisted before it is sent
-            self.db.execute("INSERT INTO processed VALUES (?, ?, ?, ?, ?)",
-                            (agg, job.snapshot_hash, out.participants, result, time.time()))
-            self.db.executemany("INSERT OR IGNORE INTO pairwise VALUES (?, ?)", new_keys)
+        try:
+            with transaction(self.db):  # persisted before it is sent
+                self.db.execute("INSERT INTO processed VALUES (?, ?, ?, ?, ?)",
+                                (agg, job.snapshot_hash, out.participants, result, time.time()))
+                self.db.executemany("INSERT OR IGNORE INTO pairwise VALUES (?, ?)", new_keys)
+        except sqlite3.Error:
+            # Not recorded, so not sent: the job may be computed again when it comes back.
+            self.clerk.processed.discard(agg)
+            raise
         self._persisted_keys.update(k for k, _ in new_keys)
         self.transport.publish(topics.result(agg, self.config.clerk_id), result)
         self.stats.processed += 1

@@ -28,6 +28,7 @@ from ..errors import AlreadyProcessed, SdaError, StorageError
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.messages import (
+    REGISTRY_PAGE,
     Announce,
     CommitteeMember,
     Envelope,
@@ -44,6 +45,12 @@ from .keys import load_or_create_identity
 from .storage import OPEN_STATES, CoordinatorStore, SqliteStore
 
 log = logging.getLogger("sda.coordinator")
+
+#: Messages waiting for the worker. Past this, new ones are dropped unacknowledged: QoS 1
+#: messages come back after a reconnect, a QoS 0 flood is simply shed.
+INBOX_LIMIT = 20_000
+#: Consecutive errors in one aggregation's step before it is marked failed (never stuck forever).
+MAX_TICK_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ class Coordinator:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = load_or_create_identity(config.state_dir / "coordinator.key")
         self.store: CoordinatorStore = store or SqliteStore(config.state_dir / "coordinator.db")
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue(maxsize=INBOX_LIMIT)
         self.transport = Transport(config.client_id or self.cid, config.broker, self._enqueue, manual_ack=True)
         self.stats = CoordinatorStats()
         self._announces: dict[str, Announce] = {}
@@ -110,6 +117,7 @@ class Coordinator:
         self._jobs_sent_at: dict[str, float] = {}
         self._published_registry: bytes | None = None
         self._pending_rows: list[tuple[str, str, bytes, bytes]] = []
+        self._tick_errors: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_finished: Callable[[str], None] | None = None
@@ -149,7 +157,10 @@ class Coordinator:
     # --- the worker loop ---------------------------------------------------------------------
 
     def _enqueue(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
-        self.inbox.put((topic, payload, ack))
+        try:
+            self.inbox.put_nowait((topic, payload, ack))
+        except queue.Full:
+            self.stats.rejected["inbox full"] += 1
 
     def _run(self) -> None:
         next_tick = 0.0
@@ -181,12 +192,22 @@ class Coordinator:
             for _, _, ack in batch:  # only now does the broker forget them
                 ack()
             now = time.time()
-            if now >= next_tick and not self.config.ingest_only:
+            if now >= next_tick:
                 next_tick = now + self.config.tick_s
                 try:
-                    self._tick(now)
+                    if self.config.ingest_only:
+                        self._prune_ingest()
+                    else:
+                        self._tick(now)
                 except Exception:
                     log.exception("error in the coordinator tick")
+
+    def _prune_ingest(self) -> None:
+        """Drop the in-memory ingest state of rounds no longer collecting (a worker has no tick)."""
+        for agg in list(self._ingest):
+            row = self.store.aggregation(agg)
+            if row is None or row.state != "collecting":
+                del self._ingest[agg]
 
     def _take_batch(self, limit: int = 512) -> list[tuple[str, bytes, Callable[[], None]]]:
         """Everything queued (up to `limit`), waiting up to one tick for the first message."""
@@ -268,9 +289,12 @@ class Coordinator:
     def _publish_registry(self, reg: Registry) -> None:
         if self._published_registry == reg.snapshot_hash:
             return
-        msg = RegistrySnapshot(self.cid, reg.snapshot_hash,
-                               tuple((e.device_id, e.sign_key, e.box_key) for e in reg.entries))
-        self.transport.publish(topics.registry_snapshot(), seal(msg, self.cid, self.identity), retain=True)
+        entries = [(e.device_id, e.sign_key, e.box_key) for e in reg.entries]
+        pages = -(-len(entries) // REGISTRY_PAGE)
+        for page in range(pages):
+            msg = RegistrySnapshot(self.cid, reg.snapshot_hash, len(entries), page, pages,
+                                   tuple(entries[page * REGISTRY_PAGE : (page + 1) * REGISTRY_PAGE]))
+            self.transport.publish(topics.registry_snapshot(page), seal(msg, self.cid, self.identity), retain=True)
         self._registries[reg.snapshot_hash] = reg
         self._published_registry = reg.snapshot_hash
 
@@ -292,6 +316,7 @@ class Coordinator:
             return self._reject("participation", topic, f"unknown aggregation {aggregation_id!r}")
         row = self.store.aggregation(aggregation_id)
         if row is None or row.state != "collecting":
+            self._ingest.pop(aggregation_id, None)
             return self._reject("participation", topic, f"{aggregation_id} is not collecting")
         if not self._signed_by(topic, payload, device_id, "participation"):
             return None
@@ -344,12 +369,20 @@ class Coordinator:
 
     def _tick(self, now: float) -> None:
         for row in self.store.aggregations(OPEN_STATES):
-            if row.state == "pending":
-                self._try_announce(row.aggregation_id, row.spec, now)
-            elif row.state == "collecting":
-                self._maybe_close(row.aggregation_id, row.spec, now)
-            elif row.state == "computing":
-                self._maybe_reveal(row.aggregation_id, now)
+            agg = row.aggregation_id
+            try:  # one aggregation's trouble must not hold up the others
+                if row.state == "pending":
+                    self._try_announce(agg, row.spec, now)
+                elif row.state in ("collecting", "closing"):
+                    self._maybe_close(agg, row.spec, now, closing=row.state == "closing")
+                elif row.state == "computing":
+                    self._maybe_reveal(agg, now)
+                self._tick_errors.pop(agg, None)
+            except Exception as exc:
+                n = self._tick_errors[agg] = self._tick_errors.get(agg, 0) + 1
+                log.exception("aggregation %s: error %d in its %s step", agg, n, row.state)
+                if n >= MAX_TICK_ERRORS:
+                    self._finish(agg, "failed", None, f"gave up after {n} errors: {exc}")
 
     def _try_announce(self, agg: str, spec: dict, now: float) -> None:
         s = AggregationSpec(**spec)
@@ -385,17 +418,22 @@ class Coordinator:
         log.info("announced %s: d=%d, n=%d (k=%d, t=%d), %d devices registered",
                  agg, s.dimension, n, k, t, len(reg))
 
-    def _maybe_close(self, agg: str, spec: dict, now: float) -> None:
+    def _maybe_close(self, agg: str, spec: dict, now: float, closing: bool = False) -> None:
         a = self._announce_of(agg)
         if a is None:
             return
-        count = self.store.participation_count(agg)
-        complete = spec.get("close_when_complete", True) and count >= a.max_participants
-        if now < a.participation_deadline and not complete:
-            return
-        # The snapshot is taken from the store, so ingest workers and restarts agree on S.
+        if not closing:
+            count = self.store.participation_count(agg)
+            complete = spec.get("close_when_complete", True) and count >= a.max_participants
+            if now < a.participation_deadline and not complete:
+                return
+            # First stop every ingest (here and in other workers) from storing more, then read:
+            # so the snapshot holds exactly what was stored.
+            self.store.close_collection(agg)
+        # The snapshot is taken from the store, so ingest workers and restarts agree on S; the
+        # first max_participants to arrive are in (workers each count only what they saw).
         server = Server(a, self._registry_for(a))
-        for device_id, shares, seed in self.store.participations(agg):
+        for device_id, shares, seed in self.store.participations(agg)[: a.max_participants]:
             server.restore(device_id, shares, seed)
         try:
             snap = server.snapshot()
@@ -455,6 +493,12 @@ class Coordinator:
     # --- restart -----------------------------------------------------------------------------
 
     def _resume(self) -> None:
+        if self.store.parties("device"):
+            self._publish_registry(self.registry())  # it may not have left before a crash
+        week_ago = time.time() - 7 * 86400
+        for row in self.store.aggregations(("revealed", "failed")):
+            if row.updated_at > week_ago and row.announce is not None:
+                self.transport.clear_retained(topics.announce(row.aggregation_id))
         for row in self.store.aggregations(OPEN_STATES):
             if row.state == "collecting" and row.announce is not None:
                 self.transport.publish(topics.announce(row.aggregation_id), row.announce, retain=True)

@@ -17,14 +17,21 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a secret file atomically (temp file, fsync, rename) readable by its owner only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh, exclusive temp name: never an old file with wider permissions, never another
+    # writer's half-written one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dfd)
 
 
 def load_or_create_identity(path: Path) -> crypto.Identity:
@@ -36,7 +43,16 @@ def load_or_create_identity(path: Path) -> crypto.Identity:
         except CryptoError as exc:
             raise CryptoError(f"{path}: not an sda identity file ({exc})") from exc
     ident = crypto.Identity.generate()
-    write_private(path, ident.to_bytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created by whoever gets there first; everyone then uses what is on disk
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return crypto.Identity.from_bytes(path.read_bytes())
+    try:
+        os.write(fd, ident.to_bytes())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return ident
 
 

@@ -189,15 +189,34 @@ class PostgresStore:
 
     def add_participation(self, aggregation_id: str, device_id: str, padded_shares: bytes,
                           sealed_seed: bytes) -> bool:
+        return self.add_participations([(aggregation_id, device_id, padded_shares, sealed_seed)])[0]
+
+    def add_participations(self, rows: list[tuple[str, str, bytes, bytes]]) -> list[bool]:
+        """Group commit; a row is stored only while its aggregation is collecting. The row lock
+        (FOR SHARE) orders each insert against the leader's close_collection on another worker."""
+        now = time.time()
+        out = []
         with self._tx() as cur:
-            cur.execute("INSERT INTO participations VALUES (%s, %s, %s, %s, %s)"
-                        " ON CONFLICT (aggregation_id, device_id) DO NOTHING",
-                        (aggregation_id, device_id, padded_shares, sealed_seed, time.time()))
+            for agg, device, shares, seed in rows:
+                cur.execute("SELECT state FROM aggregations WHERE aggregation_id = %s FOR SHARE", (agg,))
+                row = cur.fetchone()
+                if row is None or row[0] != "collecting":
+                    out.append(False)
+                    continue
+                cur.execute("INSERT INTO participations VALUES (%s, %s, %s, %s, %s)"
+                            " ON CONFLICT (aggregation_id, device_id) DO NOTHING", (agg, device, shares, seed, now))
+                out.append(cur.rowcount == 1)
+        return out
+
+    def close_collection(self, aggregation_id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute("UPDATE aggregations SET state = 'closing', updated_at = %s WHERE aggregation_id = %s"
+                        " AND state = 'collecting'", (time.time(), aggregation_id))
             return cur.rowcount == 1
 
     def participations(self, aggregation_id: str) -> list[tuple[str, bytes, bytes]]:
         rows = self._q("SELECT device_id, padded_shares, sealed_seed FROM participations"
-                       " WHERE aggregation_id = %s ORDER BY device_id", (aggregation_id,))
+                       " WHERE aggregation_id = %s ORDER BY received_at, device_id", (aggregation_id,))
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in rows]
 
     def participation_count(self, aggregation_id: str) -> int:

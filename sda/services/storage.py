@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from ..errors import StorageError
 
-OPEN_STATES = ("pending", "collecting", "computing")
+OPEN_STATES = ("pending", "collecting", "closing", "computing")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class CoordinatorStore(Protocol):
                           sealed_seed: bytes) -> bool: ...
     def participations(self, aggregation_id: str) -> list[tuple[str, bytes, bytes]]: ...
     def participation_count(self, aggregation_id: str) -> int: ...
+    def close_collection(self, aggregation_id: str) -> bool: ...
     def set_snapshot(self, aggregation_id: str, snapshot_hash: bytes, bitmap: bytes,
                      jobs: list[tuple[str, bytes]]) -> None: ...
     def jobs(self, aggregation_id: str) -> list[tuple[str, bytes]]: ...
@@ -212,22 +213,26 @@ class SqliteStore:
 
     def add_participation(self, aggregation_id: str, device_id: str, padded_shares: bytes,
                           sealed_seed: bytes) -> bool:
-        with self._tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO participations VALUES (?, ?, ?, ?, ?)",
-                             (aggregation_id, device_id, padded_shares, sealed_seed, time.time()))
-            return cur.rowcount == 1
+        return self.add_participations([(aggregation_id, device_id, padded_shares, sealed_seed)])[0]
 
     def add_participations(self, rows: list[tuple[str, str, bytes, bytes]]) -> list[bool]:
         """Many (aggregation_id, device_id, padded_shares, sealed_seed) in one transaction (one
-        fsync): the coordinator's group commit. True for each row newly stored."""
+        fsync): the coordinator's group commit. True for each row newly stored; a row for an
+        aggregation that is no longer collecting is not stored (the snapshot may be under way)."""
         now = time.time()
         with self._tx() as db:
-            return [db.execute("INSERT OR IGNORE INTO participations VALUES (?, ?, ?, ?, ?)",
-                               (*row, now)).rowcount == 1 for row in rows]
+            return [db.execute(_INSERT_WHILE_COLLECTING, (*row, now, row[0])).rowcount == 1 for row in rows]
+
+    def close_collection(self, aggregation_id: str) -> bool:
+        """collecting -> closing: from now on no participation is stored. False if not collecting."""
+        with self._tx() as db:
+            return db.execute("UPDATE aggregations SET state='closing', updated_at=? WHERE aggregation_id=?"
+                              " AND state='collecting'", (time.time(), aggregation_id)).rowcount == 1
 
     def participations(self, aggregation_id: str) -> list[tuple[str, bytes, bytes]]:
+        """(device_id, padded_shares, sealed_seed) in order of arrival."""
         rows = self._q("SELECT device_id, padded_shares, sealed_seed FROM participations"
-                       " WHERE aggregation_id=?", (aggregation_id,))
+                       " WHERE aggregation_id=? ORDER BY received_at, device_id", (aggregation_id,))
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in rows]
 
     def participation_count(self, aggregation_id: str) -> int:
@@ -278,6 +283,11 @@ class SqliteStore:
         with self._lock:
             self._db.close()
 
+
+_INSERT_WHILE_COLLECTING = (
+    "INSERT OR IGNORE INTO participations SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+    " (SELECT 1 FROM aggregations WHERE aggregation_id=? AND state='collecting')"
+)
 
 _AGG_SELECT = ("SELECT aggregation_id, state, spec, announce, snapshot_hash, bitmap, result, error,"
                " created_at, updated_at FROM aggregations")
