@@ -471,7 +471,7 @@ def test_seal_open_round_trip(recipient, plaintext):
     assert crypto.open_from(priv, sealed, b"info") == plaintext
     # randomised: a second seal differs (fresh ephemeral key)
     assert crypto.seal_to(pub, plaintext, b"info") != sealed
-    if plaintext:
+    if len(plaintext) >= 8:  # a shorter one can turn up in random bytes by chance
         assert plaintext not in sealed
 
 
