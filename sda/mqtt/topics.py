@@ -76,6 +76,23 @@ ALL_PARTICIPATIONS = f"{PREFIX}/agg/+/participation/+"
 ALL_RESULTS = f"{PREFIX}/agg/+/result/+"
 ALL_REGISTRATIONS = f"{PREFIX}/registry/+"
 ALL_REGISTRY_PAGES = f"{PREFIX}/registry_snapshot/+"
+ALL_CLERK_PAGES = f"{PREFIX}/clerk_snapshot/+"
+
+
+def clerk_snapshot(page: int = 0) -> str:
+    """Coordinator, retained: one signed page of the clerk snapshot committees are drawn from."""
+    if not isinstance(page, int) or page < 0:
+        raise ValueError(f"page must be an int >= 0, got {page!r}")
+    return f"{PREFIX}/clerk_snapshot/{page}"
+
+
+def ledger_request(party_id: str) -> str:
+    """That party: a signed request to the coordinator's ledger (balance, history, stake...)."""
+    _check(party_id)
+    return f"{PREFIX}/ledger/{party_id}/request"
+
+
+ALL_LEDGER_REQUESTS = f"{PREFIX}/ledger/+/request"
 
 
 def jobs_of(clerk_id: str) -> str:
@@ -107,6 +124,8 @@ _PATTERNS = [
     ("registration", re.compile(rf"{PREFIX}/registry/({_ID})")),
     ("registry_snapshot", re.compile(rf"{PREFIX}/registry_snapshot/([0-9]{{1,6}})")),
     ("release", re.compile(rf"{PREFIX}/model/({_ID})/release")),
+    ("clerk_snapshot", re.compile(rf"{PREFIX}/clerk_snapshot/([0-9]{{1,6}})")),
+    ("ledger_request", re.compile(rf"{PREFIX}/ledger/({_ID})/request")),
     ("inbox", re.compile(rf"{PREFIX}/device/({_ID})/inbox")),
 ]
 
@@ -124,7 +143,7 @@ def parse(topic: str) -> Parsed | None:
             return Parsed(kind, aggregation_id=g[0], party_id=g[1])
         if kind == "job":
             return Parsed(kind, aggregation_id=g[1], party_id=g[0])
-        if kind in ("registration", "inbox"):
+        if kind in ("registration", "inbox", "ledger_request"):
             return Parsed(kind, party_id=g[0])
         if kind == "release":
             return Parsed(kind, party_id=g[0])
@@ -147,6 +166,8 @@ def acl_lines(coordinator_user: str = "coordinator") -> list[str]:
         f"pattern read {PREFIX}/clerk/%u/job/+",
         f"pattern readwrite {PREFIX}/registry/%u",
         f"pattern read {PREFIX}/registry_snapshot/+",
+        f"pattern read {PREFIX}/clerk_snapshot/+",
+        f"pattern write {PREFIX}/ledger/%u/request",
         f"pattern read {PREFIX}/model/+/release",
         f"pattern read {PREFIX}/device/%u/inbox",
         "",

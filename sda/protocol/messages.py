@@ -115,6 +115,8 @@ class Announce(Message):
     recipient_key: bytes
     registry_hash: bytes
     registry_size: int
+    clerks_hash: bytes
+    round_number: int
     participation_deadline: float
     result_deadline: float
     min_participants: int
@@ -140,6 +142,8 @@ class Announce(Message):
         "recipient_key": c.blob(exact=crypto.KEY_BYTES),
         "registry_hash": c.blob(exact=32),
         "registry_size": c.integer(1, MAX_PARTICIPANTS),
+        "clerks_hash": c.blob(exact=32),
+        "round_number": c.integer(0, 2**40),
         "participation_deadline": c.number(0, _TIME_MAX),
         "result_deadline": c.number(0, _TIME_MAX),
         "min_participants": c.integer(1, MAX_PARTICIPANTS),
@@ -350,4 +354,41 @@ class RegistrySnapshot(Message):
         "page": c.integer(0, MAX_PARTICIPANTS // REGISTRY_PAGE),
         "pages": c.integer(1, MAX_PARTICIPANTS // REGISTRY_PAGE + 1),
         "entries": c.array_of(_entry, 1, REGISTRY_PAGE),
+    }
+
+
+def _candidate(where: str, v: Any) -> tuple[str, bytes, bytes, int, bool]:
+    if not isinstance(v, list) or len(v) != 5:
+        raise MessageError(f"{where}: expected [clerk_id, sign_key, box_key, stake, eligible]")
+    if not isinstance(v[4], bool):
+        raise MessageError(f"{where}.eligible: expected a bool")
+    return (
+        c.ident()(f"{where}.clerk_id", v[0]),
+        c.blob(exact=crypto.KEY_BYTES)(f"{where}.sign_key", v[1]),
+        c.blob(exact=crypto.KEY_BYTES)(f"{where}.box_key", v[2]),
+        c.integer(0, 2**62)(f"{where}.stake", v[3]),
+        v[4],
+    )
+
+
+@dataclass(frozen=True)
+class ClerkSnapshot(Message):
+    """One page of the clerk snapshot a committee is drawn from (sda.committee): every registered
+    clerk with its stake and eligibility, in clerk_id order, hashed as `clerks_hash`."""
+
+    TYPE: ClassVar[str] = "clerk_snapshot"
+    coordinator_id: str
+    clerks_hash: bytes
+    count: int
+    page: int
+    pages: int
+    entries: tuple[tuple[str, bytes, bytes, int, bool], ...]
+
+    SCHEMA: ClassVar[dict[str, c.Validator]] = {
+        "coordinator_id": c.ident(),
+        "clerks_hash": c.blob(exact=32),
+        "count": c.integer(1, MAX_PARTICIPANTS),
+        "page": c.integer(0, MAX_PARTICIPANTS // REGISTRY_PAGE),
+        "pages": c.integer(1, MAX_PARTICIPANTS // REGISTRY_PAGE + 1),
+        "entries": c.array_of(_candidate, 1, REGISTRY_PAGE),
     }

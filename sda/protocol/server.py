@@ -182,6 +182,8 @@ def new_announce(
     noise_sigma: float = 0.0,
     noise_headroom: int = 0,
     reward_per_participant: int = 0,
+    clerks_hash: bytes = bytes(32),
+    round_number: int = 0,
 ) -> Announce:
     """Build an announce and run every parameter check on it (ParameterError if unsafe)."""
     from .messages import PROTOCOL_VERSION
@@ -201,6 +203,8 @@ def new_announce(
         recipient_key=recipient_key,
         registry_hash=registry.snapshot_hash,
         registry_size=len(registry),
+        clerks_hash=clerks_hash,
+        round_number=round_number,
         participation_deadline=float(participation_deadline),
         result_deadline=float(result_deadline),
         min_participants=min_participants,
