@@ -82,7 +82,7 @@ def select(snap_hash: bytes, aggregation_id: str, candidates: Sequence[Candidate
     return [candidates[int(i)] for i in order]
 
 
-def verify(announce, candidates: Sequence[Candidate]) -> None:  # noqa: ANN001 (an Announce)
+def verify(announce, candidates: Sequence[Candidate]) -> None:
     """Raise CommitteeError unless the announce's committee is exactly the draw from `candidates`.
 
     Checks the snapshot hash the announce names, the clerks and their order, their keys, their
