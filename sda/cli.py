@@ -95,6 +95,10 @@ def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shared-group", default=None,
                      help="receive participations through the MQTT v5 shared subscription $share/GROUP/...")
     run.add_argument("--client-id", default=None, help="MQTT client id (default: the coordinator id)")
+    run.add_argument("--grant-stake", type=int, default=0,
+                     help="mint and stake this many tokens for each new clerk (demos; default 0)")
+    run.add_argument("--device-reward", type=int, default=0,
+                     help="tokens paid to each device that contributed to a revealed round (default 0)")
     _add_database_arg(run)
     new = cosub.add_parser("new", help="ask for a new aggregation (announced by the running service)")
     new.add_argument("aggregation_id")

@@ -77,6 +77,7 @@ class Cluster:
     def start_coordinator(self, shared_group: str | None = None) -> None:
         self._spawn("coordinator", ["-m", "sda.cli", "coordinator", "run", "--state", str(self.state),
                                     "--broker", self.url("coordinator"), *self._database_args(),
+                                    "--grant-stake", "100",
                                     *(["--shared-group", shared_group] if shared_group else [])])
         self.wait_log("coordinator", "coordinator running")
 

@@ -28,7 +28,8 @@ def test_round_on_the_embedded_broker(tmp_path):
     with open(log, "wb") as fh:
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "sda.cli", "coordinator", "run", "--state", str(state),
-             "--broker", f"mqtt://127.0.0.1:{port}", "--embedded-broker", "--protocol", "3.1.1"],
+             "--broker", f"mqtt://127.0.0.1:{port}", "--embedded-broker", "--protocol", "3.1.1",
+             "--grant-stake", "100"],
             stdout=fh, stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 30

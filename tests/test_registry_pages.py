@@ -54,7 +54,7 @@ def test_a_round_over_a_registry_of_many_pages(cluster, monkeypatch):
     from sda.services.coordinator import Coordinator, CoordinatorConfig
 
     monkeypatch.setattr(coordinator_module, "REGISTRY_PAGE", 7)  # 50 devices -> 8 pages
-    coord = Coordinator(CoordinatorConfig(cluster.state, cluster.broker_config("coordinator")))
+    coord = Coordinator(CoordinatorConfig(cluster.state, cluster.broker_config("coordinator"), grant_stake=100))
     coord.start()
     try:
         for name in cluster.clerk_names:

@@ -49,6 +49,21 @@ def test_two_clerks_killed_mid_round_still_reveal_the_true_sum(cluster):
     assert len(row.result["clerks_used"]) == 10
     assert row.result["participants"] == 50
     assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
+    # Tokens: each dead clerk slashed once (5 % of its 100) and cooled down; the others untouched.
+    from sda.ledger import Ledger
+
+    with Ledger(cluster.state / "ledger.db") as ledger:
+        for dead in ("clerk3", "clerk7"):
+            slashes = [e for e in ledger.history(dead) if e.kind == "slash"]
+            assert len(slashes) == 1 and ledger.balance(dead).staked == 95
+            assert not ledger.eligible(dead, 2) and ledger.standing(dead).cooldown_until == 4
+        assert ledger.balance("clerk0").staked == 100
+        assert ledger.locks("clerk0") == []  # unlocked once the round ended
+    # The next round's committee leaves the cooling clerks out.
+    cluster.request("round-k2", dimension=8, collect_s=3, results_s=4, close_when_complete=False)
+    row2 = cluster.wait_state("round-k2", ("revealed", "failed"))
+    assert row2.state == "revealed", row2.error
+    assert set(row2.result["clerks_used"]).isdisjoint({"clerk3", "clerk7"})
 
 
 def test_broker_restart_mid_round_loses_nothing(cluster):
@@ -106,13 +121,31 @@ def test_a_clerk_returning_a_wrong_share_is_corrected_and_named(cluster):
     cluster.wait_registered(clerks=12, devices=50)
     try:
         # d = 8 with k = 7 gives B = 2 blocks, the wrong share's length above.
-        cluster.request("round-w", dimension=8, collect_s=30, results_s=30)
+        cluster.request("round-w", dimension=8, collect_s=30, results_s=30, reward_per_participant=2)
         row = cluster.wait_state("round-w", ("revealed", "failed"))
+        import time
+
+        deadline = time.monotonic() + 10
+        while holder[0].stats.receipts < 3 and time.monotonic() < deadline:  # grant, stake, slash
+            time.sleep(0.05)
+        (available, staked), history = holder[0].wallet()
     finally:
         holder[0].stop()
     assert row.state == "revealed", row.error
     assert row.result["wrong_clerks"] == ["clerk11"]
     assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
+    from sda.ledger import Ledger
+
+    with Ledger(cluster.state / "ledger.db") as ledger:
+        # the cheat: half its stake gone, excluded from every later committee
+        assert ledger.balance("clerk11").staked == 50 and ledger.standing("clerk11").excluded
+        # its own verified receipts say the same
+        assert (available, staked) == (0, 50) and history[0]["kind"] == "slash"
+        # honest clerks: paid exactly once, 2 tokens per participant processed
+        for c in cluster.clerk_names[:-1]:
+            rewards = [e for e in ledger.history(c) if e.kind == "reward"]
+            assert len(rewards) == 1 and ledger.balance(c).available == 100
+        assert ledger.total() == 0
 
 
 def test_duplicated_and_replayed_messages_have_no_effect(cluster):
@@ -254,7 +287,7 @@ def test_a_failed_database_write_loses_no_participation(cluster):
                 raise StorageError("disk full (injected)")
             return super().add_participations(rows)
 
-    coord = Coordinator(CoordinatorConfig(cluster.state, cluster.broker_config("coordinator")),
+    coord = Coordinator(CoordinatorConfig(cluster.state, cluster.broker_config("coordinator"), grant_stake=100),
                         store=FailsOnce(cluster.state / "coordinator.db"))
     coord.start()
     try:

@@ -18,16 +18,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import crypto
+from .. import committee, crypto
 from ..errors import AlreadyProcessed, SdaError
+from ..ledger import verify_receipt
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.clerk import Clerk
 from ..protocol.codec import pack, unpack
-from ..protocol.messages import Announce, ClerkJob, Envelope, Registration, RegistrySnapshot, open_signed, seal
+from ..protocol.messages import (
+    Announce,
+    ClerkJob,
+    ClerkSnapshot,
+    Envelope,
+    Registration,
+    RegistrySnapshot,
+    open_signed,
+    seal,
+)
 from ..protocol.params import open_announce
 from ..protocol.registry import Registry, RegistryEntry
 from .keys import load_or_create_identity
+from .pages import PageAssembler
 from .storage import connect_sqlite, transaction
 
 log = logging.getLogger("sda.clerk")
@@ -42,6 +53,10 @@ CREATE TABLE IF NOT EXISTS registry_pages (
     PRIMARY KEY (registry_hash, page));
 CREATE TABLE IF NOT EXISTS registries (registry_hash BLOB PRIMARY KEY, size INTEGER NOT NULL, entries BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS announces (aggregation_id TEXT PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (
+    entry_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, memo TEXT NOT NULL, amount_available INTEGER NOT NULL,
+    amount_staked INTEGER NOT NULL, available_after INTEGER NOT NULL, staked_after INTEGER NOT NULL,
+    time REAL NOT NULL, envelope BLOB NOT NULL);
 """
 
 
@@ -62,6 +77,8 @@ class ClerkStats:
 
     processed: int = 0
     resent: int = 0
+    receipts: int = 0
+    receipts: int = 0
     rejected: Counter = field(default_factory=Counter)
 
 
@@ -82,6 +99,7 @@ class ClerkService:
         self.clerk = Clerk(config.clerk_id, self.identity, config.coordinator_id,
                            config.coordinator_sign_key, self.pairwise, processed=set())
         self.transport = Transport(config.clerk_id, config.broker, self._enqueue, manual_ack=True)
+        self.clerk_pages = PageAssembler(ClerkSnapshot, "clerks_hash", self._coordinator_key)
         self.inbox: queue.Queue = queue.Queue()
         self.stats = ClerkStats()
         self._pending_jobs: dict[str, bytes] = {}
@@ -97,8 +115,10 @@ class ClerkService:
         self.transport.publish(topics.registration(self.config.clerk_id),
                                seal(reg, self.config.clerk_id, self.identity), retain=True)
         self.transport.subscribe(topics.ALL_REGISTRY_PAGES)
+        self.transport.subscribe(topics.ALL_CLERK_PAGES)
         self.transport.subscribe(topics.ALL_ANNOUNCES)
         self.transport.subscribe(topics.jobs_of(self.config.clerk_id))
+        self.transport.subscribe(topics.inbox(self.config.clerk_id))
         self._thread = threading.Thread(target=self._run, name=f"clerk-{self.config.clerk_id}", daemon=True)
         self._thread.start()
 
@@ -135,6 +155,13 @@ class ClerkService:
             return
         if parsed.kind == "registry_snapshot":
             self._on_registry(topic, payload)
+        elif parsed.kind == "inbox" and parsed.party_id == self.config.clerk_id:
+            self._on_inbox(topic, payload)
+        elif parsed.kind == "clerk_snapshot":
+            try:
+                self.clerk_pages.feed(payload)
+            except SdaError as exc:
+                self._reject("clerk snapshot", topic, exc)
         elif parsed.kind == "announce":
             self._on_announce(topic, parsed.aggregation_id, payload)
         elif parsed.kind == "job" and parsed.party_id == self.config.clerk_id:
@@ -144,6 +171,31 @@ class ClerkService:
             if self._ready(agg):
                 del self._pending_jobs[agg]
                 self._on_job(topics.job(self.config.clerk_id, agg), agg, job)
+
+    def _on_inbox(self, topic: str, payload: bytes) -> None:
+        """Keep every receipt that verifies: the clerk's own record of what it earned and lost."""
+        try:
+            r = verify_receipt(payload, self.config.coordinator_id, self.config.coordinator_sign_key,
+                               self.config.clerk_id)
+        except SdaError as exc:
+            self._reject("inbox", topic, exc)  # a receipt that does not verify, or not a receipt
+            return
+        with transaction(self.db):
+            self.db.execute("INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (r.entry_id, r.kind, r.memo, r.amount_available, r.amount_staked,
+                             r.available_after, r.staked_after, r.time, payload))
+        self.stats.receipts += 1
+
+    def wallet(self) -> tuple[tuple[int, int], list[dict]]:
+        """((available, staked) after the newest receipt, receipts newest first): what the device
+        shows its owner, from verified receipts only."""
+        rows = self.db.execute("SELECT entry_id, kind, memo, amount_available, amount_staked, available_after,"
+                               " staked_after, time FROM receipts ORDER BY entry_id DESC").fetchall()
+        names = ("entry_id", "kind", "memo", "amount_available", "amount_staked", "available_after",
+                 "staked_after", "time")
+        history = [dict(zip(names, r, strict=True)) for r in rows]
+        bal = (history[0]["available_after"], history[0]["staked_after"]) if history else (0, 0)
+        return bal, history
 
     def _coordinator_key(self, signer: str) -> bytes | None:
         return self.config.coordinator_sign_key if signer == self.config.coordinator_id else None
@@ -210,7 +262,8 @@ class ClerkService:
 
     def _ready(self, agg: str) -> bool:
         a = self._announce(agg)
-        return a is not None and self._registry(a.registry_hash, a.registry_size) is not None
+        return (a is not None and self._registry(a.registry_hash, a.registry_size) is not None
+                and a.clerks_hash in self.clerk_pages.complete)
 
     def _on_job(self, topic: str, agg: str, payload: bytes) -> None:
         done = self.db.execute("SELECT snapshot_hash, result FROM processed WHERE aggregation_id=?",
@@ -229,11 +282,13 @@ class ClerkService:
             return None
         a = self._announce(agg)
         reg = self._registry(a.registry_hash, a.registry_size) if a is not None else None
-        if a is None or reg is None:
+        if a is None or reg is None or a.clerks_hash not in self.clerk_pages.complete:
             if len(self._pending_jobs) < 64:
-                self._pending_jobs[agg] = payload  # wait for its announce / registry snapshot
+                self._pending_jobs[agg] = payload  # wait for its announce / registry / clerk snapshot
             return None
         try:
+            # A committee that is not the verifiable draw (or names a clerk in cool-down) is refused.
+            committee.verify(a, [committee.Candidate(*e) for e in self.clerk_pages.complete[a.clerks_hash]])
             out = self.clerk.handle_job(a, payload, reg, time.time())
         except SdaError as exc:
             return self._reject("job", topic, exc)

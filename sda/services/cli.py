@@ -74,6 +74,7 @@ def _coordinator_run(args: argparse.Namespace) -> int:
     coord = Coordinator(CoordinatorConfig(
         state_dir=args.state, broker=broker, client_id=args.client_id,
         ingest_only=args.ingest_only, shared_group=args.shared_group,
+        grant_stake=args.grant_stake, device_reward=args.device_reward,
     ), store=open_store(args.database, args.state))
     coord.start()
     print(f"coordinator running (state {args.state}); Ctrl-C to stop", file=sys.stderr, flush=True)

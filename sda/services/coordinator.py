@@ -23,17 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import committee as committee_draw
 from .. import crypto
 from ..errors import AlreadyProcessed, SdaError, StorageError
+from ..ledger import SYSTEM_PARTIES, TREASURY, Ledger
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.messages import (
     REGISTRY_PAGE,
     Announce,
+    ClerkSnapshot,
     CommitteeMember,
     Envelope,
     Registration,
     RegistrySnapshot,
+    open_signed,
     seal,
 )
 from ..protocol.recipient import Recipient
@@ -42,6 +46,7 @@ from ..protocol.server import Server, new_announce
 from ..protocol.snapshot import decode_bitmap
 from ..simulation import default_thresholds
 from .keys import load_or_create_identity
+from .ledger_api import LedgerRequest, LedgerResponse
 from .storage import OPEN_STATES, CoordinatorStore, SqliteStore
 
 log = logging.getLogger("sda.coordinator")
@@ -85,6 +90,16 @@ class CoordinatorConfig:
     shared_group: str | None = None  # MQTT v5 shared subscription group for participations
     tick_s: float = 0.2
     job_resend_s: float = 5.0
+    # Tokens (DESIGN §5). grant_stake: minted and staked for each new clerk (demos and tests; in
+    # production clerks stake what they hold). Penalties: a clerk that misses the deadline loses
+    # late_slash of its stake and sits out cooldown_rounds; one named by error correction loses
+    # wrong_slash and is excluded.
+    treasury: int = 1_000_000_000
+    grant_stake: int = 0
+    device_reward: int = 0
+    late_slash: float = 0.05
+    cooldown_rounds: int = 2
+    wrong_slash: float = 0.5
 
 
 @dataclass
@@ -107,6 +122,7 @@ class Coordinator:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = load_or_create_identity(config.state_dir / "coordinator.key")
         self.store: CoordinatorStore = store or SqliteStore(config.state_dir / "coordinator.db")
+        self.ledger = None if config.ingest_only else Ledger(config.state_dir / "ledger.db")
         self.inbox: queue.Queue = queue.Queue(maxsize=INBOX_LIMIT)
         self.transport = Transport(config.client_id or self.cid, config.broker, self._enqueue, manual_ack=True)
         self.stats = CoordinatorStats()
@@ -116,6 +132,7 @@ class Coordinator:
         self._ingest: dict[str, Server] = {}
         self._jobs_sent_at: dict[str, float] = {}
         self._published_registry: bytes | None = None
+        self._published_clerks: bytes | None = None
         self._pending_rows: list[tuple[str, str, bytes, bytes]] = []
         self._tick_errors: dict[str, int] = {}
         self._stop = threading.Event()
@@ -132,8 +149,11 @@ class Coordinator:
             parts = topics.shared(self.config.shared_group, parts)
         self.transport.subscribe(parts)
         if not self.config.ingest_only:
+            assert self.ledger is not None
+            self.ledger.mint(TREASURY, self.config.treasury, "genesis", key="genesis/treasury")
             self.transport.subscribe(topics.ALL_REGISTRATIONS)
             self.transport.subscribe(topics.ALL_RESULTS)
+            self.transport.subscribe(topics.ALL_LEDGER_REQUESTS)
             self._resume()
         self._thread = threading.Thread(target=self._run, name=f"coordinator-{self.cid}", daemon=True)
         self._thread.start()
@@ -145,6 +165,8 @@ class Coordinator:
             self._thread.join(10)
         self.transport.stop()
         self.store.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     def request(self, spec: AggregationSpec) -> bool:
         """Queue an aggregation; it is announced on the next tick. False if the id exists."""
@@ -254,6 +276,8 @@ class Coordinator:
             return self._on_registration(topic, parsed.party_id, payload)
         if parsed.kind == "result":
             return self._on_result(topic, parsed.aggregation_id, parsed.party_id, payload)
+        if parsed.kind == "ledger_request":
+            return self._on_ledger_request(topic, parsed.party_id, payload)
         return None  # our own announces, jobs, snapshots echo back on sda/v1/#: ignore
 
     # --- registrations -----------------------------------------------------------------------
@@ -268,6 +292,10 @@ class Coordinator:
             crypto.check_box_key(reg.box_key)
             if self.store.add_party(reg.party_id, reg.role, reg.sign_key, reg.box_key):
                 log.info("registered %s %s", reg.role, reg.party_id)
+            if reg.role == "clerk" and self.config.grant_stake and self.ledger is not None:
+                g = self.config.grant_stake
+                self._receipt(self.ledger.mint(reg.party_id, g, "grant", key=f"grant/{reg.party_id}"))
+                self._receipt(self.ledger.stake(reg.party_id, g, key=f"grant-stake/{reg.party_id}"))
         except (SdaError, StorageError) as exc:
             self._reject("registration", topic, exc)
 
@@ -386,16 +414,19 @@ class Coordinator:
 
     def _try_announce(self, agg: str, spec: dict, now: float) -> None:
         s = AggregationSpec(**spec)
-        clerks = self.store.parties("clerk")
-        if s.committee_size:
-            clerks = clerks[: s.committee_size]
+        assert self.ledger is not None
+        round_number = 1 + sum(1 for r in self.store.aggregations() if r.announce is not None)
+        cands = self._candidates(round_number)
+        drawable = sum(1 for c in cands if c.eligible and c.stake > 0)
+        n = min(s.committee_size or drawable, drawable)
         reg = self.registry()
-        if len(clerks) < 3 or len(reg) < s.min_participants:
-            return  # wait for enough clerks and devices to register
-        n = len(clerks)
+        if n < 3 or len(reg) < s.min_participants:
+            return  # wait for enough staked clerks and devices to register
+        clerks_hash = committee_draw.snapshot_hash(cands)
+        drawn = committee_draw.select(clerks_hash, agg, cands, n)
         k, t = (s.k, s.t) if s.k and s.t else default_thresholds(n)
-        committee = tuple(CommitteeMember(c.party_id, c.sign_key, c.box_key, i + 1)
-                          for i, c in enumerate(clerks))
+        committee = tuple(CommitteeMember(c.clerk_id, c.sign_key, c.box_key, i + 1)
+                          for i, c in enumerate(drawn))
         try:
             a = new_announce(
                 aggregation_id=agg, coordinator_id=self.cid, k=k, t=t, committee=committee,
@@ -405,12 +436,16 @@ class Coordinator:
                 min_participants=s.min_participants,
                 max_participants=min(s.max_participants or len(reg), len(reg)),
                 reward_per_participant=s.reward_per_participant,
+                clerks_hash=clerks_hash, round_number=round_number,
             )
         except SdaError as exc:
             log.error("aggregation %s cannot be announced: %s", agg, exc)
             self.store.finish(agg, "failed", None, f"cannot announce: {exc}")
             return
         self._publish_registry(reg)
+        self._publish_clerks(cands, clerks_hash)
+        for c in drawn:  # their stake stays put until this round ends
+            self.ledger.lock(c.clerk_id, agg)
         env = seal(a, self.cid, self.identity)
         self.store.set_announced(agg, env)
         self._announces[agg] = a
@@ -468,8 +503,12 @@ class Coordinator:
             rev = rec.reveal()
         except SdaError as exc:
             log.warning("aggregation %s failed at reveal: %s", agg, exc)
+            answered = tuple(c for c, _ in self.store.results(agg))
+            self._settle(a, answered, (), [], paid=False)
             self._finish(agg, "failed", None, str(exc))
             return
+        self._settle(a, rev.clerks_used, rev.wrong_clerks,
+                     [d for d, _ in rec.sealed_seeds] if self.config.device_reward else [])
         result = {
             "values": rev.values.tolist(),
             "field_sum": [int(v) for v in np.asarray(rev.field_sum)],
@@ -483,12 +522,99 @@ class Coordinator:
                  agg, rev.participants, len(rev.clerks_used), list(rev.wrong_clerks))
 
     def _finish(self, agg: str, state: str, result: dict | None, error: str | None) -> None:
+        if self.ledger is not None:
+            self.ledger.unlock_all(agg)
         self.store.finish(agg, state, result, error)
         self._recipients.pop(agg, None)
         self._ingest.pop(agg, None)
         self.transport.clear_retained(topics.announce(agg))
         if self.on_finished is not None:
             self.on_finished(agg)
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    def _candidates(self, round_number: int) -> list[committee_draw.Candidate]:
+        """Every registered clerk with its stake and whether it may be drawn this round."""
+        assert self.ledger is not None
+        stakes = self.ledger.stakes()
+        return [committee_draw.Candidate(p.party_id, p.sign_key, p.box_key, stakes.get(p.party_id, 0),
+                                         self.ledger.eligible(p.party_id, round_number))
+                for p in sorted(self.store.parties("clerk"), key=lambda p: p.party_id)]
+
+    def _publish_clerks(self, cands: list[committee_draw.Candidate], clerks_hash: bytes) -> None:
+        if self._published_clerks == clerks_hash:
+            return
+        entries = [(c.clerk_id, c.sign_key, c.box_key, c.stake, c.eligible) for c in cands]
+        pages = -(-len(entries) // REGISTRY_PAGE)
+        for page in range(pages):
+            msg = ClerkSnapshot(self.cid, clerks_hash, len(entries), page, pages,
+                                tuple(entries[page * REGISTRY_PAGE : (page + 1) * REGISTRY_PAGE]))
+            self.transport.publish(topics.clerk_snapshot(page), seal(msg, self.cid, self.identity), retain=True)
+        self._published_clerks = clerks_hash
+
+    def _settle(self, a: Announce, answered: tuple[str, ...], wrong: tuple[str, ...], devices: list[str],
+                paid: bool = True) -> None:
+        """Rewards and penalties of a finished round. Every entry has a key, so a coordinator that
+        restarts half way through settles each party exactly once."""
+        assert self.ledger is not None
+        agg, cfg = a.aggregation_id, self.config
+        for m in a.committee:
+            c = m.clerk_id
+            try:
+                if c in wrong:
+                    self._receipt(self.ledger.slash(c, cfg.wrong_slash, f"wrong result in {agg}",
+                                                    key=f"slash-wrong/{agg}/{c}"))
+                    self.ledger.exclude(c)
+                elif c not in answered:
+                    self._receipt(self.ledger.slash(c, cfg.late_slash, f"missed the deadline of {agg}",
+                                                    key=f"slash-late/{agg}/{c}"))
+                    self.ledger.set_cooldown(c, a.round_number + 1 + cfg.cooldown_rounds)
+                elif paid and a.reward_per_participant:
+                    n = len(self._recipients[agg].sealed_seeds) if agg in self._recipients else 0
+                    self._receipt(self.ledger.reward(c, a.reward_per_participant * n, f"processed {agg}",
+                                                     key=f"reward/{agg}/{c}"))
+            except SdaError as exc:
+                log.error("settling %s for %s: %s", agg, c, exc)
+        for d in devices:
+            try:
+                self._receipt(self.ledger.reward(d, cfg.device_reward, f"contributed to {agg}",
+                                                 key=f"device-reward/{agg}/{d}"))
+            except SdaError as exc:
+                log.error("rewarding %s for %s: %s", d, agg, exc)
+
+    def _receipt(self, entry) -> None:
+        """Publish the entry's signed receipt to the inbox of every party it touches."""
+        assert self.ledger is not None
+        for party in sorted({p for p, _, _ in entry.postings} - SYSTEM_PARTIES):
+            r = self.ledger.receipt_for(entry, party)
+            self.transport.publish(topics.inbox(party), seal(r, self.cid, self.identity))
+
+    def _on_ledger_request(self, topic: str, party_id: str, payload: bytes) -> None:
+        if not self._signed_by(topic, payload, party_id, "ledger request"):
+            return None
+        assert self.ledger is not None
+        keys = {p.party_id: p.sign_key for p in self.store.parties()}
+        try:
+            req, _ = open_signed(payload, LedgerRequest, keys.get)
+        except SdaError as exc:
+            return self._reject("ledger request", topic, exc)
+        ok, error, receipts = True, "", []
+        try:
+            if req.op == "stake":
+                e = self.ledger.stake(party_id, req.amount, key=f"req/{party_id}/{req.request_id}")
+                receipts = [self.ledger.receipt_for(e, party_id)]
+            elif req.op == "unstake":
+                e = self.ledger.unstake(party_id, req.amount, key=f"req/{party_id}/{req.request_id}")
+                receipts = [self.ledger.receipt_for(e, party_id)]
+            elif req.op == "history":
+                receipts = [self.ledger.receipt_for(e, party_id) for e in self.ledger.history(party_id, 50)]
+        except SdaError as exc:
+            ok, error = False, str(exc)[:500]
+        bal = self.ledger.balance(party_id)
+        resp = LedgerResponse(party_id, req.request_id, ok, error, bal.available, bal.staked,
+                              tuple(seal(r, self.cid, self.identity) for r in receipts))
+        self.transport.publish(topics.inbox(party_id), seal(resp, self.cid, self.identity))
+        return None
 
     # --- restart -----------------------------------------------------------------------------
 

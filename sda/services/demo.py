@@ -34,7 +34,7 @@ def run_demo(devices: int = 60, clerks: int = 12, dimension: int = 10, device_pr
         print(f"embedded MQTT broker on {embedded.url}", file=out)
     else:
         broker = BrokerConfig.from_url(broker_url)
-    coord = Coordinator(CoordinatorConfig(tmp / "coordinator", broker))
+    coord = Coordinator(CoordinatorConfig(tmp / "coordinator", broker, grant_stake=100))
     coord.start()
     key = coord.public_keys().sign_key
     clerk_services = start_clerks("clerk", range(clerks), broker, "coordinator", key, None, str(tmp / "clerks"))

@@ -18,16 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import crypto
+from .. import committee, crypto
 from ..errors import SdaError
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
-from ..protocol.messages import Announce, Registration, seal
+from ..protocol.messages import Announce, ClerkSnapshot, Registration, seal
 from ..protocol.params import open_announce
 from ..protocol.participant import Participant, ParticipantPolicy
+from .pages import PageAssembler
 from .storage import connect_sqlite, transaction
 
 log = logging.getLogger("sda.participant")
+
+
+class _NotYet(SdaError):
+    """The announce's clerk snapshot has not arrived yet."""
 
 
 class ParticipationLog:
@@ -90,7 +95,11 @@ class ParticipantClient:
         self.provide = provide
         self.log = log_ or ParticipationLog()
         self.participant = Participant(config.device_id, identity, config.policy,
-                                       participated=self.log.joined())
+                                       participated=self.log.joined(), committee_check=self._check_committee)
+        self.clerk_pages = PageAssembler(
+            ClerkSnapshot, "clerks_hash",
+            lambda s: config.coordinator_sign_key if s == config.coordinator_id else None)
+        self._deferred: dict[str, tuple[str, bytes]] = {}
         self.transport = Transport(config.device_id, config.broker, self._on_message)
         self.sent: list[str] = []
         self.refused: dict[str, str] = {}
@@ -103,6 +112,7 @@ class ParticipantClient:
         reg = Registration(self.config.device_id, "device", pub.sign_key, pub.box_key)
         self.transport.publish(topics.registration(self.config.device_id),
                                seal(reg, self.config.device_id, self.identity), retain=True)
+        self.transport.subscribe(topics.ALL_CLERK_PAGES)
         self.transport.subscribe(topics.ALL_ANNOUNCES)
 
     def stop(self) -> None:
@@ -111,10 +121,25 @@ class ParticipantClient:
 
     def _on_message(self, topic: str, payload: bytes, retained: bool, ack: Callable[[], None]) -> None:
         parsed = topics.parse(topic)
-        if parsed is None or parsed.kind != "announce":
+        if parsed is None:
             return
         with self._lock:  # paho calls us from one thread, but a test may call directly
-            self._on_announce(topic, parsed.aggregation_id, payload)
+            if parsed.kind == "clerk_snapshot":
+                try:
+                    if self.clerk_pages.feed(payload) is not None:
+                        for agg, (t, raw) in list(self._deferred.items()):
+                            del self._deferred[agg]
+                            self._on_announce(t, agg, raw)
+                except SdaError as exc:
+                    log.warning("%s refused a clerk snapshot page: %s", self.config.device_id, exc)
+            elif parsed.kind == "announce":
+                self._on_announce(topic, parsed.aggregation_id, payload)
+
+    def _check_committee(self, a: Announce) -> None:
+        cands = self.clerk_pages.complete.get(a.clerks_hash)
+        if cands is None:
+            raise _NotYet()
+        committee.verify(a, [committee.Candidate(*e) for e in cands])
 
     def _on_announce(self, topic: str, agg: str, payload: bytes) -> None:
         try:
@@ -124,6 +149,10 @@ class ParticipantClient:
         except SdaError as exc:
             self.refused[agg] = str(exc)
             log.warning("%s refused the announce on %s: %s", self.config.device_id, topic, exc)
+            return
+        if a.clerks_hash not in self.clerk_pages.complete:
+            if len(self._deferred) < 16:
+                self._deferred[agg] = (topic, payload)  # its clerk snapshot is still on the way
             return
         sent = self.log.envelope(agg)
         if sent is not None:  # joined before a restart: send the same bytes again
