@@ -128,6 +128,28 @@ def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--state", type=Path, required=True)
     cl.add_argument("--broker", default=None, help="override the broker URL of the credentials")
 
+    le = sub.add_parser("ledger", help="a party's tokens: balance, history, stake, unstake (over MQTT)",
+                        description="Ask the coordinator's ledger, over MQTT, for this party's balance or history,"
+                        " or stake / unstake tokens. Answers are signed by the coordinator and checked here.")
+    le.add_argument("action", choices=["balance", "history", "stake", "unstake"])
+    le.add_argument("amount", nargs="?", type=int, default=0, help="tokens to stake or unstake")
+    le.add_argument("--credentials", type=Path, required=True, help="the party's credentials file")
+    le.add_argument("--key", type=Path, required=True,
+                    help="the party's identity file (a clerk's is STATE/clerk.key)")
+    le.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the answer")
+    le.add_argument("--json", action="store_true")
+
+    cm = sub.add_parser("committee", help="verify that an announce's committee is the log-stake draw")
+    cmsub = cm.add_subparsers(dest="action", metavar="ACTION")
+    ver = cmsub.add_parser("verify", help="recompute the draw of ANNOUNCE_FILE from the clerk snapshot pages",
+                           description="ANNOUNCE_FILE holds the announce envelope as published (retained on"
+                           " sda/v1/agg/ID/announce); --pages the clerk snapshot page envelopes (retained on"
+                           " sda/v1/clerk_snapshot/N). Exit 0 if the committee is the verifiable draw, 1 if not.")
+    ver.add_argument("announce_file", type=Path)
+    ver.add_argument("--pages", type=Path, nargs="+", required=True)
+    ver.add_argument("--coordinator-key", required=True, help="the coordinator's Ed25519 key, hex")
+    ver.add_argument("--coordinator-id", default="coordinator")
+
     ad = sub.add_parser("admin", help="provision devices and clerks (credentials, Mosquitto users and ACL)")
     adsub = ad.add_subparsers(dest="action", metavar="ACTION")
     for role in ("device", "clerk"):
@@ -158,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             from .services.cli import clerk_command
 
             return clerk_command(args)
+        if args.command == "ledger":
+            from .services.cli import ledger_command
+
+            return ledger_command(args)
+        if args.command == "committee":
+            from .services.cli import committee_command
+
+            return committee_command(args)
         if args.command == "admin":
             from .services.cli import admin_command
 

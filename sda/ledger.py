@@ -234,8 +234,10 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            finally:
-                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:

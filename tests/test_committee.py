@@ -89,3 +89,36 @@ def test_an_honest_committee_verifies_and_every_tampering_is_refused():
     forced = _Announce(a.aggregation_id, C.snapshot_hash(cooled), a.committee)
     with pytest.raises(C.CommitteeError, match="cool-down"):
         C.verify(forced, cooled)
+
+
+def test_a_participant_refuses_an_announce_whose_committee_is_not_the_draw():
+    import time as _time
+
+    from sda import crypto
+    from sda.protocol.participant import Participant, ParticipantPolicy
+    from sda.protocol.registry import Registry, RegistryEntry
+    from sda.protocol.server import new_announce
+
+    ids = [crypto.Identity.generate() for _ in range(8)]
+    cands = [C.Candidate(f"clerk{i}", d.public().sign_key, d.public().box_key, 10 * (i + 1)) for i, d in enumerate(ids)]
+    h = C.snapshot_hash(cands)
+    dev = crypto.Identity.generate()
+    reg = Registry([RegistryEntry("dev", dev.public().sign_key, dev.public().box_key)])
+
+    def announce(members):
+        now = _time.time()
+        return new_announce(aggregation_id="a1", coordinator_id="coordinator", k=2, t=1,
+                            committee=tuple(CommitteeMember(c.clerk_id, c.sign_key, c.box_key, i + 1)
+                                            for i, c in enumerate(members)),
+                            recipient_key=dev.public().box_key, registry=reg, dimension=2, scale=1.0,
+                            clip_lo=-1, clip_hi=1, participation_deadline=now + 60, result_deadline=now + 120,
+                            min_participants=1, clerks_hash=h)
+
+    drawn = C.select(h, "a1", cands, 4)
+    check = lambda a: C.verify(a, cands)  # noqa: E731
+    p = Participant("dev", dev, ParticipantPolicy(min_participants=1), committee_check=check)
+    p.check(announce(drawn), _time.time())  # the honest draw is accepted
+    others = [c for c in cands if c not in drawn]
+    with pytest.raises(C.CommitteeError):
+        Participant("dev", dev, ParticipantPolicy(min_participants=1), committee_check=check).participate(
+            announce([*drawn[:3], others[0]]), np.zeros(2), _time.time())

@@ -21,9 +21,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from sda import crypto
 from sda.errors import BadSignature, MessageError, SdaError, UnknownSender
@@ -605,6 +605,19 @@ class LedgerMachine(RuleBasedStateMachine):
         assert call(*args, key=key) == self.keyed[key]
         assert dump(self.path) == before
 
+    @initialize(stakes=st.lists(st.integers(0, 600), min_size=len(PARTIES), max_size=len(PARTIES)),
+                treasury=st.integers(0, 500))
+    def start(self, stakes, treasury):
+        """Most examples start with stakes and a funded treasury, so slashes and rewards move tokens."""
+        for party, amount in zip(PARTIES, stakes, strict=True):
+            if amount:
+                self.ledger.mint(party, amount)
+                self.ledger.stake(party, amount)
+                self.staked[party] += amount
+                self.supply += amount
+        if treasury:
+            self.fund_treasury(treasury)
+
     # rules
 
     @rule(party=parties, amount=st.integers(1, 1000))
@@ -620,8 +633,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.available["treasury"] += amount
         self.supply += amount
 
-    @rule(party=parties, amount=st.integers(1, 1200))
-    def stake(self, party, amount):
+    @rule(party=parties, data=st.data())
+    def stake(self, party, data):
+        # mostly an affordable amount, so that later slashes and unstakes have a stake to act on
+        amount = data.draw(st.integers(1, max(1, self.available[party])) | st.integers(1, 1200), label="amount")
         if amount > self.available[party]:
             self.refused(self.ledger.stake, party, amount, match="available")
             return
@@ -671,13 +686,14 @@ class LedgerMachine(RuleBasedStateMachine):
         self.available["treasury"] -= amount
         self.available[party] += amount
 
-    @rule(party=parties, agg=aggs, fraction=st.floats(0, 1))
+    @rule(party=parties, agg=aggs, fraction=st.floats(0, 1) | st.sampled_from([0.1, 0.25, 0.37, 0.5, 0.9]))
     def slash(self, party, agg, fraction):
         key = f"slash/{agg}/{party}"
         if key in self.keyed:
             self.repeat(lambda *a, key: self.ledger.slash(*a, key=key), key, party, fraction, "again")
             return
         amount = math.floor(self.staked[party] * Fraction(fraction))
+        event("slash of a positive amount" if amount else "slash of 0")
         e = self.ledger.slash(party, fraction, f"slash {agg}", key=key)
         assert e.postings == ((party, "staked", -amount), ("burn", "available", amount))
         self.keyed[key] = e

@@ -25,6 +25,16 @@ _CHUNK_HEADER = struct.Struct(">B16sHH")
 PUBLISH_OVERHEAD = 512
 
 
+def unframe(data: bytes) -> bytes:
+    """The message in a saved whole frame (as a retained message is stored by the broker); bytes
+    that are not a frame (an envelope saved by other means) are returned as they are."""
+    if data[:1] == bytes([WHOLE]):
+        return data[1:]
+    if data[:1] == bytes([CHUNK]):
+        raise MessageError("a chunk of a larger message, not a whole one")
+    return data
+
+
 def frame(payload: bytes, max_frame_bytes: int | None) -> list[bytes]:
     """One frame, or chunks of at most max_frame_bytes each when the payload is larger."""
     if max_frame_bytes is None or len(payload) + 1 <= max_frame_bytes:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..mqtt.transport import BrokerConfig
@@ -171,3 +172,98 @@ def admin_command(args: argparse.Namespace) -> int:
           + (f"; added to {args.passwd_file} (reload mosquitto to apply)" if args.passwd_file else ""))
     return 0
 
+
+
+
+def ledger_command(args: argparse.Namespace) -> int:
+    """`sda ledger balance|history|stake|unstake`: one signed request, one signed answer."""
+    import os
+    import queue
+
+    from ..errors import SdaError
+    from ..ledger import verify_receipt
+    from ..mqtt import topics
+    from ..mqtt.transport import Transport
+    from ..protocol.messages import open_signed, seal
+    from .ledger_api import LedgerRequest, LedgerResponse
+
+    cred = Credentials.load(args.credentials)
+    ident = load_or_create_identity(args.key) if args.key.exists() else None
+    if ident is None:
+        print(f"sda: error: no identity file at {args.key}", file=sys.stderr)
+        return 1
+    if args.action in ("stake", "unstake") and args.amount <= 0:
+        print("sda: error: give a positive AMOUNT to stake or unstake", file=sys.stderr)
+        return 2
+    answers: queue.Queue = queue.Queue()
+    request_id = os.urandom(8).hex()
+    broker = BrokerConfig(**{**cred.broker.__dict__, "session_expiry_s": 60})
+    t = Transport(f"{cred.party_id}-cli-{request_id[:6]}", broker, lambda tp, p, r, ack: answers.put(p))
+    t.start()
+    try:
+        t.subscribe(topics.inbox(cred.party_id))
+        time.sleep(0.3)
+        req = LedgerRequest(cred.party_id, request_id, args.action, args.amount)
+        t.publish(topics.ledger_request(cred.party_id), seal(req, cred.party_id, ident))
+        key_of = {cred.coordinator_id: cred.coordinator_sign_key}.get
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                raw = answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                resp, _ = open_signed(raw, LedgerResponse, key_of)
+            except SdaError:
+                continue  # a receipt or another message in the inbox
+            if resp.request_id != request_id:
+                continue
+            receipts = [verify_receipt(r, cred.coordinator_id, cred.coordinator_sign_key, cred.party_id)
+                        for r in resp.receipts]
+            out = {"party": cred.party_id, "ok": resp.ok, "error": resp.error, "available": resp.available,
+                   "staked": resp.staked, "entries": [
+                       {"entry_id": r.entry_id, "kind": r.kind, "memo": r.memo, "available": r.amount_available,
+                        "staked": r.amount_staked, "time": r.time} for r in receipts]}
+            if args.json:
+                print(json.dumps(out))
+            else:
+                if not resp.ok:
+                    print(f"refused: {resp.error}")
+                print(f"{cred.party_id}: {resp.available} available, {resp.staked} staked")
+                for e in out["entries"]:
+                    print(f"  #{e['entry_id']:<6} {e['kind']:<8} available {e['available']:+d}"
+                          f" staked {e['staked']:+d}  {e['memo']}")
+            return 0 if resp.ok else 1
+        print(f"sda: error: no answer from the coordinator within {args.timeout} s", file=sys.stderr)
+        return 1
+    finally:
+        t.stop()
+
+
+def committee_command(args: argparse.Namespace) -> int:
+    """`sda committee verify ANNOUNCE_FILE --pages ...`."""
+    from .. import committee
+    from ..errors import SdaError
+    from ..mqtt.framing import unframe
+    from ..protocol.messages import ClerkSnapshot
+    from ..protocol.params import open_announce
+    from .pages import PageAssembler
+
+    if args.action != "verify":
+        print("sda committee: choose an action: verify (see --help)", file=sys.stderr)
+        return 2
+    key = bytes.fromhex(args.coordinator_key)
+    try:
+        a = open_announce(unframe(args.announce_file.read_bytes()), args.coordinator_id, key)
+        pages = PageAssembler(ClerkSnapshot, "clerks_hash", {args.coordinator_id: key}.get, keep=len(args.pages))
+        for p in args.pages:
+            pages.feed(unframe(p.read_bytes()))
+        cands = pages.complete.get(a.clerks_hash)
+        if cands is None:
+            raise committee.CommitteeError("the pages do not make up the clerk snapshot this announce names")
+        committee.verify(a, [committee.Candidate(*e) for e in cands])
+    except (SdaError, OSError) as exc:
+        print(f"REFUSED: {exc}")
+        return 1
+    print(f"OK: the committee of {a.aggregation_id} ({a.n} clerks) is the log-stake draw from its snapshot")
+    return 0
