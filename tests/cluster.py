@@ -74,10 +74,10 @@ class Cluster:
     def _database_args(self) -> list[str]:
         return ["--database", self.database] if self.database else []
 
-    def start_coordinator(self, shared_group: str | None = None) -> None:
+    def start_coordinator(self, shared_group: str | None = None, extra: tuple[str, ...] = ()) -> None:
         self._spawn("coordinator", ["-m", "sda.cli", "coordinator", "run", "--state", str(self.state),
                                     "--broker", self.url("coordinator"), *self._database_args(),
-                                    "--grant-stake", "100",
+                                    "--grant-stake", "100", *extra,
                                     *(["--shared-group", shared_group] if shared_group else [])])
         self.wait_log("coordinator", "coordinator running")
 

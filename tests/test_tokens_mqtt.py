@@ -34,15 +34,28 @@ def ledger(c: Cluster, clerk: str, *args: str) -> tuple[int, dict]:
 
 
 def test_ledger_commands_and_committee_verification_against_a_live_coordinator(cluster):
-    from test_services_mqtt import start_all
+    from sda.ledger import Ledger
 
     spy = Spy(cluster)
     try:
-        start_all(cluster)
+        cluster.start_coordinator(extra=("--device-reward", "3"))
+        for name in cluster.clerk_names:
+            cluster.start_clerk(name)
+        cluster.start_fleet("fleetA", 0, 25)
+        cluster.start_fleet("fleetB", 25, 25)
+        cluster.wait_registered(clerks=12, devices=50)
         cluster.request("t-1", dimension=8, collect_s=30, results_s=30, reward_per_participant=1)
         row = cluster.wait_state("t-1", ("revealed",))
         assert np.array_equal(np.array(row.result["values"]), cluster.true_sum(8))
         time.sleep(0.5)
+        with Ledger(cluster.state / "ledger.db") as book:  # contributing devices paid, once each
+            assert all(book.balance(d).available == 3 for d in cluster.device_names)
+            assert [e.kind for e in book.history("dev7")] == ["reward"]
+        receipts = [p for t, p in spy.captured("/device/dev7/inbox")]
+        assert len(receipts) == 1  # and told so, in a receipt it can verify
+        from sda.ledger import verify_receipt
+
+        assert verify_receipt(receipts[0][1:], "coordinator", cluster.coordinator_key, "dev7").available_after == 3
 
         rc, bal = ledger(cluster, "clerk0", "balance")
         assert rc == 0 and (bal["available"], bal["staked"]) == (50, 100), bal  # 1 token x 50 participants

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import committee, crypto
 from ..errors import SdaError
+from ..ledger import Receipt, verify_receipt
 from ..mqtt import topics
 from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.messages import Announce, ClerkSnapshot, Registration, seal
@@ -41,11 +42,14 @@ class ParticipationLog:
     def __init__(self, path: Path | None = None):
         self._lock = threading.Lock()
         self._mem: dict[str, bytes] = {}
+        self._receipts: dict[int, tuple] = {}
         self._db: sqlite3.Connection | None = None
         if path is not None:
             self._db = connect_sqlite(Path(path))
             self._db.execute("CREATE TABLE IF NOT EXISTS participations (aggregation_id TEXT PRIMARY KEY,"
                              " envelope BLOB NOT NULL, sent_at REAL NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS receipts (entry_id INTEGER PRIMARY KEY, kind TEXT,"
+                             " memo TEXT, amount INTEGER, available_after INTEGER, time REAL)")
 
     def envelope(self, aggregation_id: str) -> bytes | None:
         """What we sent for this aggregation, or None if we did not take part."""
@@ -65,6 +69,27 @@ class ParticipationLog:
             with transaction(self._db):
                 self._db.execute("INSERT INTO participations VALUES (?, ?, ?)",
                                  (aggregation_id, envelope, time.time()))
+
+    def record_receipt(self, r: Receipt) -> None:
+        """Keep a verified receipt (rewards for contributing): the owner's view of its tokens."""
+        row = (r.entry_id, r.kind, r.memo, r.amount_available, r.available_after, r.time)
+        with self._lock:
+            if self._db is None:
+                self._receipts[r.entry_id] = row
+                return
+            with transaction(self._db):
+                self._db.execute("INSERT OR IGNORE INTO receipts VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def wallet(self) -> tuple[int, list[dict]]:
+        """(available tokens after the newest receipt, receipts newest first)."""
+        names = ("entry_id", "kind", "memo", "amount", "available_after", "time")
+        with self._lock:
+            if self._db is None:
+                rows = [self._receipts[k] for k in sorted(self._receipts, reverse=True)]
+            else:
+                rows = self._db.execute("SELECT * FROM receipts ORDER BY entry_id DESC").fetchall()
+        history = [dict(zip(names, r, strict=True)) for r in rows]
+        return (history[0]["available_after"] if history else 0), history
 
     def joined(self) -> set[str]:
         """Ids of every aggregation joined."""
@@ -114,6 +139,7 @@ class ParticipantClient:
                                seal(reg, self.config.device_id, self.identity), retain=True)
         self.transport.subscribe(topics.ALL_CLERK_PAGES)
         self.transport.subscribe(topics.ALL_ANNOUNCES)
+        self.transport.subscribe(topics.inbox(self.config.device_id))
 
     def stop(self) -> None:
         """Disconnect."""
@@ -134,6 +160,14 @@ class ParticipantClient:
                     log.warning("%s refused a clerk snapshot page: %s", self.config.device_id, exc)
             elif parsed.kind == "announce":
                 self._on_announce(topic, parsed.aggregation_id, payload)
+            elif parsed.kind == "inbox" and parsed.party_id == self.config.device_id:
+                try:
+                    r = verify_receipt(payload, self.config.coordinator_id, self.config.coordinator_sign_key,
+                                       self.config.device_id)
+                except SdaError as exc:
+                    log.warning("%s refused an inbox message: %s", self.config.device_id, exc)
+                else:
+                    self.log.record_receipt(r)
 
     def _check_committee(self, a: Announce) -> None:
         cands = self.clerk_pages.complete.get(a.clerks_hash)
