@@ -136,7 +136,8 @@ def run(kind: str, participants: int, clerks: int, dimension: int, device_procs:
         wait_port(port)
         coord = subprocess.Popen(
             [sys.executable, "-m", "sda.cli", "coordinator", "run", "--state", str(state), "--broker", url,
-             "--protocol", protocol, "--grant-stake", "100"], stdout=subprocess.DEVNULL, stderr=open(tmp / "coordinator.log", "wb"))  # noqa: SIM115
+             "--protocol", protocol, "--grant-stake", "100"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "coordinator.log", "wb"))  # noqa: SIM115
         procs.append(coord)
         base = ["--broker", f"mqtt://127.0.0.1:{port}", "--protocol", protocol, "--seed", str(SEED),
                 "--coordinator-key", coord_key, "--min-participants", "100", *pw_args]
