@@ -22,5 +22,6 @@ def test_device_keeps_verified_receipts_and_reports_balance_and_history(tmp_path
     client._on_message("sda/v1/device/dev1/inbox", forged, False, lambda: None)  # not the coordinator: ignored
     available, history = ParticipationLog(tmp_path / "device.db").wallet()  # survives a restart
     assert available == 10
-    assert [(h["kind"], h["amount"], h["memo"]) for h in history] == [("reward", 6, "round b"), ("reward", 4, "round a")]
+    expected = [("reward", 6, "round b"), ("reward", 4, "round a")]
+    assert [(h["kind"], h["amount"], h["memo"]) for h in history] == expected
     book.close()
