@@ -161,6 +161,11 @@ def _add_service_parsers(sub: argparse._SubParsersAction) -> None:
                        help="Mosquitto password file to add the user to (e.g. /etc/mosquitto/sda.passwd)")
         a.add_argument("--acl-file", type=Path, default=None, help="Mosquitto ACL file to (re)write")
         a.add_argument("--out", type=Path, default=None, help="credentials file (default NAME.yaml)")
+    mint = adsub.add_parser("mint", help="mint tokens to a party in the coordinator's ledger (the developer's act)")
+    mint.add_argument("name")
+    mint.add_argument("amount", type=_positive)
+    mint.add_argument("--state", type=Path, required=True, help="the coordinator's state directory")
+    mint.add_argument("--memo", default="minted by the developer")
 
 
 def main(argv: list[str] | None = None) -> int:

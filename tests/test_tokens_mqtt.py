@@ -89,3 +89,17 @@ def test_ledger_commands_and_committee_verification_against_a_live_coordinator(c
         assert no.returncode == 1 and "REFUSED" in no.stdout
     finally:
         spy.close()
+
+
+def test_admin_mint_credits_the_party_in_the_coordinators_ledger(tmp_path):
+    from sda.ledger import Ledger
+
+    for amount in ("500", "7"):
+        out = subprocess.run([sys.executable, "-m", "sda.cli", "admin", "mint", "clerk9", amount, "--state",
+                              str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    with Ledger(tmp_path / "ledger.db") as book:
+        assert book.balance("clerk9").available == 507 and book.supply() == 507
+    bad = subprocess.run([sys.executable, "-m", "sda.cli", "admin", "mint", "clerk9", "0", "--state", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be >= 1" in bad.stderr

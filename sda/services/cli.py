@@ -144,8 +144,17 @@ def admin_command(args: argparse.Namespace) -> int:
     """`sda admin add-device|add-clerk NAME`: broker password, ACL, credentials file."""
     from ..mqtt import mosquitto
 
+    if args.action == "mint":
+        from ..ledger import Ledger
+
+        with Ledger(args.state / "ledger.db") as book:
+            entry = book.mint(args.name, args.amount, args.memo)
+            bal = book.balance(args.name)
+        print(f"minted {args.amount} to {args.name} (entry {entry.entry_id}); {args.name} now has"
+              f" {bal.available} available, {bal.staked} staked")
+        return 0
     if args.action not in ("add-device", "add-clerk"):
-        print("sda admin: choose an action: add-device, add-clerk (see --help)", file=sys.stderr)
+        print("sda admin: choose an action: add-device, add-clerk, mint (see --help)", file=sys.stderr)
         return 2
     role = args.action.removeprefix("add-")
     try:
