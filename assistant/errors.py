@@ -1,0 +1,13 @@
+"""The one exception hierarchy of the `assistant` package."""
+
+
+class AssistantError(Exception):
+    """Base of every error raised on purpose by `assistant`."""
+
+
+class AudioError(AssistantError):
+    """Audio that cannot be read or captured: the message names the fix."""
+
+
+class ModelError(AssistantError):
+    """A model file that is missing, corrupt, or does not match its card."""

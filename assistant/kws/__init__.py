@@ -1,0 +1,1 @@
+"""Wake-word spotting: log-mel features -> frozen ONNX backbone -> trainable numpy head -> detector."""
