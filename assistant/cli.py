@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -34,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--participants", type=int, default=2000, help="devices in the in-memory round")
     demo.add_argument("--clerks", type=int, default=80, help="clerks in the in-memory round")
     demo.add_argument("--dimension", type=int, default=100)
+    det = sub.add_parser(
+        "detect", help="print the wake-word detections in an audio file",
+        description="Run the wake-word engine over a 16 kHz mono WAV or FLAC file (or raw int16 PCM on"
+        " stdin with FILE '-') and print each detection with its time and score.")
+    det.add_argument("file", help="audio file, or - for raw 16 kHz int16 PCM on stdin (arecord)")
+    det.add_argument("--backbone", type=Path, required=True, help="backbone .onnx")
+    det.add_argument("--head", type=Path, required=True, help="head .npz")
+    det.add_argument("--threshold", type=float, default=0.5, help="score to fire at (default 0.5)")
+    det.add_argument("--patience", type=int, default=2, help="frames at or above it in a row (default 2)")
+    det.add_argument("--refractory", type=float, default=2.0, help="seconds of quiet after a detection")
+    det.add_argument("--wakeword-id", default="hey_snips")
+    det.add_argument("--hermes", default=None, metavar="URL",
+                     help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
+    det.add_argument("--json", action="store_true", help="one JSON object per detection")
     return parser
 
 
@@ -52,8 +67,55 @@ def main(argv: list[str] | None = None) -> int:
             "simulate", "--participants", str(args.participants), "--clerks", str(args.clerks),
             "--dimension", str(args.dimension),
         ])
+    if args.command == "detect":
+        return _detect(args)
     build_parser().print_help()
     return 2
+
+
+def _detect(args: argparse.Namespace) -> int:
+    import json
+
+    from .audio import file_frames, stdin_frames
+    from .errors import AssistantError
+    from .kws.backbone import Backbone
+    from .kws.detector import Detector
+    from .kws.engine import Engine
+    from .kws.head import Head
+
+    try:
+        engine = Engine(Backbone(args.backbone), Head.load(args.head),
+                        Detector(args.threshold, args.patience, args.refractory))
+        source = stdin_frames() if args.file == "-" else file_frames(Path(args.file))
+        hermes = None
+        if args.hermes:
+            from .hermes import HermesPublisher
+
+            hermes = HermesPublisher(args.hermes)
+            if not hermes.wait_connected():
+                raise AssistantError(f"cannot reach the local broker {args.hermes}")
+        count = 0
+        for frame in source:
+            step = engine.process(frame)
+            if step.detection is None:
+                continue
+            count += 1
+            d = step.detection
+            if args.json:
+                print(json.dumps({"wakeword_id": args.wakeword_id, "time_s": round(d.time_s, 3),
+                                  "score": round(d.score, 4)}), flush=True)
+            else:
+                print(f"{d.time_s:8.2f} s  {args.wakeword_id}  score {d.score:.3f}", flush=True)
+            if hermes is not None:
+                hermes.detected(args.wakeword_id, d.score, d.time_s)
+        if hermes is not None:
+            hermes.close()
+        if not args.json:
+            print(f"{count} detection{'s' if count != 1 else ''}", file=sys.stderr)
+        return 0
+    except (AssistantError, ValueError) as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
