@@ -32,7 +32,7 @@ system-deps:
 	fi
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,train]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(PY)

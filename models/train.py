@@ -1,0 +1,198 @@
+"""Train a wake-word model: `python -m models.train --wakeword "hey snips" --out models/hey_snips`.
+
+Data: espeak-ng speech from the training voices only (models.data), augmented; positives are the
+wake word ending near the end of a clip; negatives are confusable phrases, ordinary sentences,
+noise and silence. Features: the same log-mel code the device runs (assistant.kws.features).
+Model: a small CNN backbone over CONTEXT mel frames (one embedding per 80 ms step), exported to
+ONNX and frozen on the device, and the numpy head over WINDOW embeddings (assistant.kws.head),
+trained jointly here with torch on the CPU. Checkpoints every epoch; `--resume` continues.
+Needs the `train` extra (torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from assistant.kws.features import N_MELS, log_mel
+from assistant.kws.head import Head
+
+from . import data as D
+
+CONTEXT = 32  # mel frames per embedding (0.32 s)
+STEP = 8  # mel frames per 80 ms audio frame
+WINDOW = 16  # embeddings per head window (1.28 s)
+EMBED = 64
+HIDDEN = 32
+SPAN = CONTEXT + STEP * (WINDOW - 1)  # mel frames the model sees: 152 (1.52 s)
+CLIP = (SPAN - 1) * 160 + 400  # samples that make exactly SPAN frames
+
+
+def place(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float]) -> np.ndarray:
+    """Put speech into a CLIP-long buffer so it ends end_margin_s before the clip's end (float64)."""
+    out = np.zeros(CLIP)
+    s = np.asarray(speech, np.float64)[-CLIP:]
+    end = CLIP - int(rng.uniform(*end_margin_s) * D.SAMPLE_RATE)
+    start = max(0, end - len(s))
+    out[start : start + len(s[-(end - start):])] = s[-(end - start):]
+    return out
+
+
+def clip_of(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float]) -> np.ndarray:
+    """Speed and room on the speech, then placed in a CLIP-long buffer, then noise over the whole
+    clip at -5..20 dB SNR and a random gain. int16 (CLIP,)"""
+    s = D.change_speed(speech, rng.uniform(0.9, 1.1))
+    if rng.random() < 0.5:
+        s = D.reverberate(s, D.room_impulse(rng.uniform(0.2, 0.8), rng))
+    clip = place(s, rng, end_margin_s)
+    bg = D.noise(str(rng.choice(["white", "pink", "brown"])), CLIP, rng)
+    mixed = D.mix_at_snr(clip, bg, rng.uniform(-5.0, 20.0)) if np.any(clip) else bg * 300
+    return D.to_int16(mixed * 10 ** (rng.uniform(-12, 6) / 20))
+
+
+def build(wakeword: str, voices: list[D.Voice], n_pos: int, n_neg: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, SPAN, N_MELS) float32 and labels (N,) of a freshly synthesised dataset."""
+    rng = np.random.default_rng(seed)
+    x, y = [], []
+
+    def add(samples: np.ndarray, label: float) -> None:
+        feats = log_mel(samples)
+        assert feats.shape == (SPAN, N_MELS)
+        x.append(feats)
+        y.append(label)
+
+    for _ in range(n_pos):
+        v = voices[rng.integers(len(voices))]
+        speech = D.synthesize(wakeword, v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
+        add(clip_of(speech, rng, (0.05, 0.25)), 1.0)
+    for i in range(n_neg):
+        kind = i % 4
+        if kind == 3:  # noise or near-silence
+            add(D.to_int16(D.noise(str(rng.choice(["white", "pink", "brown"])), CLIP, rng)
+                           * 10 ** rng.uniform(0.5, 3.5)), 0.0)
+            continue
+        text = (rng.choice(D.CONFUSABLE[wakeword]) if kind < 2 else rng.choice(D.SENTENCES))
+        v = voices[rng.integers(len(voices))]
+        speech = D.synthesize(str(text), v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
+        add(clip_of(speech, rng, (0.0, 0.6)), 0.0)
+    return np.stack(x).astype(np.float32), np.asarray(y, np.float32)
+
+
+def make_model():
+    """(backbone, head) torch modules; the head mirrors assistant.kws.head.Head."""
+    import torch
+    from torch import nn
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Conv1d(N_MELS, 64, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                nn.Conv1d(64, 64, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                nn.Conv1d(64, EMBED, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1))
+            self.norm = nn.LayerNorm(EMBED)
+
+        def forward(self, mel: torch.Tensor) -> torch.Tensor:  # (B, CONTEXT, N_MELS) -> (B, EMBED)
+            return self.norm(self.net(mel.transpose(1, 2)).squeeze(-1))
+
+    class HeadNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = nn.Linear(WINDOW * EMBED, HIDDEN)
+            self.l2 = nn.Linear(HIDDEN, 1)
+
+        def forward(self, emb: torch.Tensor) -> torch.Tensor:  # (B, WINDOW, EMBED) -> (B,) logits
+            return self.l2(torch.relu(self.l1(emb.flatten(1)))).squeeze(-1)
+
+    return Backbone(), HeadNet()
+
+
+def embed_windows(backbone, mel):
+    """(B, SPAN, N_MELS) -> (B, WINDOW, EMBED): the embeddings the device computes step by step."""
+    import torch
+
+    starts = [i * STEP for i in range(WINDOW)]
+    crops = torch.stack([mel[:, s : s + CONTEXT] for s in starts], 1)  # (B, WINDOW, CONTEXT, N_MELS)
+    b = mel.shape[0]
+    return backbone(crops.reshape(b * WINDOW, CONTEXT, N_MELS)).reshape(b, WINDOW, EMBED)
+
+
+def train(x: np.ndarray, y: np.ndarray, out: Path, epochs: int, resume: bool, seed: int = 0,
+          log=print) -> dict:
+    """Train, checkpoint every epoch to out/checkpoint.pt, export backbone.onnx and head.npz."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone, head = make_model()
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    start, ckpt = 0, out / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        backbone.load_state_dict(state["backbone"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["epoch"])
+        log(f"resumed from epoch {start}")
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    pos_weight = torch.tensor(float((y == 0).sum() / max(1, (y == 1).sum())))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    t0 = time.time()
+    for epoch in range(start, epochs):
+        perm = torch.randperm(len(xt))
+        total = 0.0
+        for i in range(0, len(perm), 64):
+            idx = perm[i : i + 64]
+            loss = loss_fn(head(embed_windows(backbone, xt[idx])), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        torch.save({"backbone": backbone.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
+                    "epoch": epoch + 1}, ckpt)
+        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(perm):.4f} ({time.time() - t0:.0f} s)")
+    backbone.eval()
+    torch.onnx.export(backbone, torch.zeros(1, CONTEXT, N_MELS), str(out / "backbone.onnx"),
+                      input_names=["mel"], output_names=["embedding"], opset_version=17, dynamo=False)
+    with torch.no_grad():
+        h = Head(head.l1.weight.T.double().numpy(), head.l1.bias.double().numpy(),
+                 head.l2.weight[0].double().numpy(), np.array(float(head.l2.bias[0])), WINDOW, EMBED)
+    h.save(out / "head.npz")
+    return {"epochs": epochs, "train_seconds": round(time.time() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wakeword", default="hey snips", choices=sorted(D.CONFUSABLE))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--positives", type=int, default=4000)
+    p.add_argument("--negatives", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    train_voices, test_voices = D.split_voices(D.espeak_voices())
+    t0 = time.time()
+    x, y = build(args.wakeword, train_voices, args.positives, args.negatives, args.seed)
+    print(f"dataset: {len(y)} clips ({int(y.sum())} positive) in {time.time() - t0:.0f} s", file=sys.stderr)
+    info = train(x, y, args.out, args.epochs, args.resume, args.seed,
+                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    info.update({"wakeword": args.wakeword, "positives": args.positives, "negatives": args.negatives,
+                 "train_voices": len(train_voices),
+                 "held_out_variants": sorted({v.variant for v in test_voices}),
+                 "dataset_seconds": round(time.time() - t0 - info["train_seconds"], 1)})
+    (args.out / "training.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

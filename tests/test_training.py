@@ -1,0 +1,60 @@
+"""The training recipe on tiny data: it builds, trains, checkpoints, resumes and exports files the
+device pipeline loads, and the exported backbone computes what the trained one did."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import data as D
+from models import train as T
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    voices, _ = D.split_voices(D.espeak_voices())
+    x, y = T.build("hey snips", voices[:12], n_pos=10, n_neg=12, seed=1)
+    out = tmp_path_factory.mktemp("model")
+    logs: list[str] = []
+    info = T.train(x, y, out, epochs=2, resume=False, log=logs.append)
+    return x, y, out, logs, info
+
+
+def test_dataset_has_the_device_feature_shape_and_both_labels(tiny):
+    x, y, *_ = tiny
+    assert x.shape == (22, T.SPAN, 40) and x.dtype == np.float32
+    assert y.sum() == 10 and set(np.unique(y)) == {0.0, 1.0}
+    assert np.isfinite(x).all()
+
+
+def test_training_checkpoints_resumes_and_exports_loadable_models(tiny):
+    x, y, out, logs, info = tiny
+    assert [m.split(":")[0] for m in logs] == ["epoch 1/2", "epoch 2/2"] and info["epochs"] == 2
+    assert (out / "checkpoint.pt").exists() and (out / "backbone.onnx").exists() and (out / "head.npz").exists()
+    more: list[str] = []
+    T.train(x, y, out, epochs=3, resume=True, log=more.append)
+    assert more[0] == "resumed from epoch 2" and more[1].startswith("epoch 3/3")
+
+
+def test_exported_backbone_and_head_match_the_trained_torch_model(tiny):
+    import torch
+
+    from assistant.kws.backbone import Backbone
+    from assistant.kws.head import Head
+
+    x, _, out, _, _ = tiny
+    backbone_t, head_t = T.make_model()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    backbone_t.load_state_dict(state["backbone"])
+    head_t.load_state_dict(state["head"])
+    backbone_t.eval()
+    # the files written after the last (3rd) epoch in the previous test
+    onnx_b, head = Backbone(out / "backbone.onnx"), Head.load(out / "head.npz")
+    assert (onnx_b.context, onnx_b.embed, head.window) == (T.CONTEXT, T.EMBED, T.WINDOW)
+    with torch.no_grad():
+        emb_t = T.embed_windows(backbone_t, torch.from_numpy(x[:3])).numpy()
+        logit_t = head_t(torch.from_numpy(emb_t)).numpy()
+    emb_onnx = np.stack([[onnx_b(x[i, s * T.STEP : s * T.STEP + T.CONTEXT]) for s in range(T.WINDOW)]
+                         for i in range(3)])
+    assert np.allclose(emb_onnx, emb_t, atol=1e-4)
+    assert np.allclose(head.logits(emb_onnx.astype(np.float64)), logit_t, atol=1e-3)
