@@ -58,3 +58,29 @@ def test_exported_backbone_and_head_match_the_trained_torch_model(tiny):
                          for i in range(3)])
     assert np.allclose(emb_onnx, emb_t, atol=1e-4)
     assert np.allclose(head.logits(emb_onnx.astype(np.float64)), logit_t, atol=1e-3)
+
+
+def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
+    """bench/kws_eval.py on the tiny model (as both wake words) and a minute of negatives: the JSON
+    contract holds and every figure is in range."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, _, out, _, _ = tiny
+    for name in ("hey_snips", "hey_jarvis"):
+        shutil.copytree(out, tmp_path / name)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "kws_eval.py"), "--json", "--models", str(tmp_path),
+                           "--negative-hours", "0.02", "--positives", "6", "--plot", str(tmp_path / "det.png")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["positives"] == 6 and 0.015 < res["negative_hours"] < 0.03
+    for name in ("ours_hey_snips", "ours_hey_jarvis"):
+        e = res["engines"][name]
+        assert all(0.0 <= e[f"frr_at_{b}"] <= 1.0 for b in (0.1, 0.5, 1.0))
+        assert 0 < e["cpu_ms_per_frame"] < 50 and 10 < e["peak_rss_mb"] < 2000
+    assert (tmp_path / "det.png").stat().st_size > 1000
