@@ -22,8 +22,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, ClassVar
 from .errors import MessageError, SdaError, StorageError
 from .protocol import codec as c
 from .protocol.messages import Message, open_signed
-from .services.storage import connect_sqlite
+from .sqlite import LockedDatabase, connect_sqlite
 
 MINT = "mint"
 TREASURY = "treasury"
@@ -195,7 +194,7 @@ def verify_receipt(raw_envelope: bytes, coordinator_id: str, coordinator_sign_ke
 # --- the ledger ---------------------------------------------------------------------------
 
 
-class Ledger:
+class Ledger(LockedDatabase):
     """The double-entry token ledger in SQLite. Safe to share between threads (one lock)."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
@@ -226,22 +225,6 @@ class Ledger:
         self.close()
 
     # --- plumbing ---
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction under the lock: committed on success, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
 
     @staticmethod
     def _book(db: sqlite3.Connection, party_id: str, book: str) -> int:

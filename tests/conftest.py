@@ -52,3 +52,16 @@ def postgres_server():
 def postgres_dsn(postgres_server) -> str:
     """A fresh empty database on the session's PostgreSQL: its postgresql:// URL."""
     return postgres_server.create_database()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A deployment for one test (tests/cluster.py): its own Mosquitto with users for the
+    coordinator, 12 clerks and 50 devices; every process it starts is stopped at the end."""
+    from cluster import Cluster
+
+    c = Cluster(tmp_path, clerks=12, devices=50)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -4,8 +4,6 @@ snapshot as a prefix of a newer one (the registry only grows)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from cluster import Cluster
 
 from sda import crypto
 from sda.mqtt.transport import BrokerConfig
@@ -38,15 +36,6 @@ def test_clerk_assembles_pages_and_derives_older_snapshots_as_prefixes(tmp_path)
     svc._on_registry("t", seal(forged, "coordinator", crypto.Identity.generate()))
     assert svc.stats.rejected["registry"] == 1
     svc.db.close()
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, clerks=12, devices=50)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_a_round_over_a_registry_of_many_pages(cluster, monkeypatch):

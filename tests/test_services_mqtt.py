@@ -7,15 +7,6 @@ import pytest
 from cluster import Cluster
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, clerks=12, devices=50)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def start_all(c: Cluster) -> None:
     c.start_coordinator()
     for name in c.clerk_names:

@@ -9,17 +9,7 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from cluster import Cluster, Spy
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, clerks=12, devices=50)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def sda(c: Cluster, *args: str) -> subprocess.CompletedProcess:

@@ -37,9 +37,9 @@ from ..protocol.messages import (
 )
 from ..protocol.params import open_announce
 from ..protocol.registry import Registry, RegistryEntry
+from ..sqlite import connect_sqlite, transaction
 from .keys import load_or_create_identity
 from .pages import PageAssembler
-from .storage import connect_sqlite, transaction
 
 log = logging.getLogger("sda.clerk")
 

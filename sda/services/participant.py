@@ -26,8 +26,8 @@ from ..mqtt.transport import BrokerConfig, Transport
 from ..protocol.messages import Announce, ClerkSnapshot, Registration, seal
 from ..protocol.params import open_announce
 from ..protocol.participant import Participant, ParticipantPolicy
+from ..sqlite import connect_sqlite, transaction
 from .pages import PageAssembler
-from .storage import connect_sqlite, transaction
 
 log = logging.getLogger("sda.participant")
 

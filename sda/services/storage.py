@@ -12,14 +12,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from ..errors import StorageError
+from ..sqlite import LockedDatabase, connect_sqlite
 
 OPEN_STATES = ("pending", "collecting", "closing", "computing")
 
@@ -122,28 +121,7 @@ CREATE TABLE IF NOT EXISTS results (
 SCHEMA_VERSION = "1"
 
 
-def connect_sqlite(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with synchronous=FULL and a generous busy timeout."""
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-class SqliteStore:
+class SqliteStore(LockedDatabase):
     """CoordinatorStore on SQLite. Safe to share between threads (one lock)."""
 
     def __init__(self, path: Path):
@@ -160,22 +138,6 @@ class SqliteStore:
                 raise StorageError(f"{path}: schema version {row[0]}, this code knows {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the coordinator database {path}: {exc}") from exc
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction under the lock: committed on success, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
 
     # parties
     def add_party(self, party_id: str, role: str, sign_key: bytes, box_key: bytes) -> bool:

@@ -1,0 +1,49 @@
+"""SQLite as every `sda` service uses it: WAL, synchronous=FULL, explicit transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with synchronous=FULL (a committed row survives power loss) and a
+    generous busy timeout; autocommit, so transactions are explicit."""
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class LockedDatabase:
+    """A connection shared between threads behind one lock: `_tx()` for a transaction, `_q()` for
+    a read. Subclasses set `self._db` and `self._lock`."""
+
+    _db: sqlite3.Connection
+    _lock: threading.RLock
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the lock: committed on success, rolled back on error."""
+        with self._lock, transaction(self._db) as db:
+            yield db
+
+    def _q(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
