@@ -33,9 +33,20 @@ SPAN = CONTEXT + STEP * (WINDOW - 1)  # mel frames the model sees: 152 (1.52 s)
 CLIP = (SPAN - 1) * 160 + 400  # samples that make exactly SPAN frames
 
 
-def place(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float]) -> np.ndarray:
-    """Put speech into a CLIP-long buffer so it ends end_margin_s before the clip's end (float64)."""
+def place(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float] | None) -> np.ndarray:
+    """Put speech into a CLIP-long buffer so it ends end_margin_s before the clip's end (float64).
+
+    end_margin_s None: anywhere, as a streaming window sees it: a random crop of longer speech, or
+    shorter speech at a random offset (partly cut off at either edge).
+    """
     out = np.zeros(CLIP)
+    if end_margin_s is None:
+        s = np.asarray(speech, np.float64)
+        offset = int(rng.integers(-CLIP // 2, max(len(s) - CLIP // 2, 1)))  # where the clip starts in s
+        lo, hi = max(offset, 0), min(offset + CLIP, len(s))
+        if hi > lo:
+            out[lo - offset : hi - offset] = s[lo:hi]
+        return out
     s = np.asarray(speech, np.float64)[-CLIP:]
     end = CLIP - int(rng.uniform(*end_margin_s) * D.SAMPLE_RATE)
     start = max(0, end - len(s))
@@ -43,7 +54,7 @@ def place(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[floa
     return out
 
 
-def clip_of(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float]) -> np.ndarray:
+def clip_of(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[float, float] | None) -> np.ndarray:
     """Speed and room on the speech, then placed in a CLIP-long buffer, then noise over the whole
     clip at -5..20 dB SNR and a random gain. int16 (CLIP,)"""
     s = D.change_speed(speech, rng.uniform(0.9, 1.1))
@@ -79,7 +90,8 @@ def build(wakeword: str, voices: list[D.Voice], n_pos: int, n_neg: int, seed: in
         text = (rng.choice(D.CONFUSABLE[wakeword]) if kind < 2 else rng.choice(D.SENTENCES))
         v = voices[rng.integers(len(voices))]
         speech = D.synthesize(str(text), v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
-        add(clip_of(speech, rng, (0.0, 0.6)), 0.0)
+        # Negatives are seen as a streaming window sees them: any part of the phrase, anywhere.
+        add(clip_of(speech, rng, None), 0.0)
     return np.stack(x).astype(np.float32), np.asarray(y, np.float32)
 
 
