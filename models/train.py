@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.kws.features import N_MELS, log_mel
+from assistant.kws.features import HOP, N_MELS, WIN, log_mel
 from assistant.kws.head import Head
 
 from . import data as D
@@ -93,6 +93,48 @@ def build(wakeword: str, voices: list[D.Voice], n_pos: int, n_neg: int, seed: in
         # Negatives are seen as a streaming window sees them: any part of the phrase, anywhere.
         add(clip_of(speech, rng, None), 0.0)
     return np.stack(x).astype(np.float32), np.asarray(y, np.float32)
+
+
+def mine_hard_negatives(model_dir: Path, wakeword: str, voices: list[D.Voice], minutes: float, top: int,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of negative speech (training voices only) the current model scores highest:
+    ((top, SPAN, N_MELS), their scores, highest first). Streams sentences and confusables through
+    the device engine and keeps the SPAN mel frames behind each of the top-scoring steps (at least
+    0.8 s apart)."""
+    from assistant.kws.backbone import Backbone
+    from assistant.kws.detector import Detector
+    from assistant.kws.engine import Engine
+    from assistant.kws.head import Head
+
+    rng = np.random.default_rng(seed)
+    engine = Engine(Backbone(model_dir / "backbone.onnx"), Head.load(model_dir / "head.npz"), Detector())
+    texts = D.SENTENCES + D.CONFUSABLE[wakeword]
+    parts, total = [], 0
+    while total < minutes * 60 * D.SAMPLE_RATE:
+        v = voices[rng.integers(len(voices))]
+        s = D.synthesize(str(rng.choice(texts)), v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
+        s = D.to_int16(D.mix_at_snr(s.astype(np.float64), D.noise("pink", len(s), rng), rng.uniform(0, 25)))
+        parts.append(s)
+        total += len(s)
+    audio = np.concatenate(parts)
+    scores = []
+    for i in range(0, len(audio) - 1280 + 1, 1280):
+        st = engine.process(audio[i : i + 1280])
+        scores.append(-1.0 if st.score is None else st.score)
+    scores = np.array(scores)
+    mel = log_mel(audio)
+    def available(f: int) -> int:  # mel frames the engine has after audio frame f
+        return 1 + ((f + 1) * 1280 - WIN) // HOP
+
+    picks = []
+    for f in np.argsort(-scores):
+        if available(int(f)) < SPAN or any(abs(int(f) - p) < 10 for p in picks):
+            continue
+        picks.append(int(f))
+        if len(picks) == top:
+            break
+    windows = np.stack([mel[available(p) - SPAN : available(p)] for p in picks]).astype(np.float32)
+    return windows, scores[picks]
 
 
 def make_model():
@@ -190,13 +232,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mine", type=int, default=0, metavar="ROUNDS",
+                   help="after training, rounds of hard-negative mining, each followed by --mine-epochs more")
+    p.add_argument("--mine-epochs", type=int, default=4)
+    p.add_argument("--mine-top", type=int, default=3000, help="hard negatives added per round")
+    p.add_argument("--mine-minutes", type=float, default=60.0, help="minutes of speech scored per round")
     args = p.parse_args(argv)
     train_voices, test_voices = D.split_voices(D.espeak_voices())
     t0 = time.time()
     x, y = build(args.wakeword, train_voices, args.positives, args.negatives, args.seed)
     print(f"dataset: {len(y)} clips ({int(y.sum())} positive) in {time.time() - t0:.0f} s", file=sys.stderr)
-    info = train(x, y, args.out, args.epochs, args.resume, args.seed,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    info = train(x, y, args.out, args.epochs, args.resume, args.seed, log=log)
+    epochs = args.epochs
+    for r in range(args.mine):
+        hard, _ = mine_hard_negatives(args.out, args.wakeword, train_voices, args.mine_minutes, args.mine_top,
+                                      args.seed + 100 + r)
+        x, y = np.concatenate([x, hard]), np.concatenate([y, np.zeros(len(hard), np.float32)])
+        epochs += args.mine_epochs
+        log(f"mining round {r + 1}: {len(hard)} hard negatives; training to epoch {epochs}")
+        more = train(x, y, args.out, epochs, True, args.seed, log=log)
+        info["train_seconds"] = round(info["train_seconds"] + more["train_seconds"], 1)
+    info["epochs"] = epochs
+    info["mining_rounds"] = args.mine
     info.update({"wakeword": args.wakeword, "positives": args.positives, "negatives": args.negatives,
                  "train_voices": len(train_voices),
                  "held_out_variants": sorted({v.variant for v in test_voices}),

@@ -84,3 +84,19 @@ def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
         assert all(0.0 <= e[f"frr_at_{b}"] <= 1.0 for b in (0.1, 0.5, 1.0))
         assert 0 < e["cpu_ms_per_frame"] < 50 and 10 < e["peak_rss_mb"] < 2000
     assert (tmp_path / "det.png").stat().st_size > 1000
+
+
+def test_hard_negative_mining_returns_the_highest_scoring_windows(tiny):
+    from assistant.kws.backbone import Backbone
+    from assistant.kws.head import Head
+
+    _, _, out, _, _ = tiny
+    voices, _ = D.split_voices(D.espeak_voices())
+    hard, scores = T.mine_hard_negatives(out, "hey snips", voices[:6], minutes=0.3, top=4, seed=3)
+    assert hard.shape == (4, T.SPAN, 40) and np.isfinite(hard).all()
+    assert list(scores) == sorted(scores, reverse=True)  # the worst mistakes first
+    # the windows are exactly what the streaming engine scored: replayed, they score the same
+    b, h = Backbone(out / "backbone.onnx"), Head.load(out / "head.npz")
+    emb = np.stack([[b(w[s * T.STEP : s * T.STEP + T.CONTEXT]) for s in range(T.WINDOW)] for w in hard])
+    assert np.allclose(h.forward(emb.astype(np.float64)), scores, atol=1e-4)
+    assert len(np.unique(hard.reshape(4, -1), axis=0)) == 4  # distinct windows
