@@ -166,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     engines = {"ours_hey_jarvis": (args.models / "hey_jarvis", "hey jarvis"),
                "ours_hey_snips": (args.models / "hey_snips", "hey snips")}
+    missing = sorted(n for n, (d, _) in engines.items() if not (d / "backbone.onnx").exists())
+    engines = {n: e for n, e in engines.items() if n not in missing}
+    for n in missing:
+        print(f"{n}: no model in {args.models}; skipped (train it with python -m models.train)", file=sys.stderr)
+    if not engines:
+        print("no engine to evaluate", file=sys.stderr)
+        return 1
     ctx = mp.get_context("spawn")
     results = {}
     for name, (model_dir, wakeword) in engines.items():
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     _plot(results, args.plot)
     first = next(iter(results.values()))
     out = {"negative_hours": first["negative_hours"], "positives": first["positives"], "det_plot": str(args.plot),
+           "missing": missing,
            "engines": {k: {m: v[m] for m in ("frr_at_0.1", "frr_at_0.5", "frr_at_1.0", "cpu_ms_per_frame",
                                               "peak_rss_mb", "latency_p95_ms")} for k, v in results.items()}}
     print(json.dumps(out))
