@@ -24,6 +24,7 @@ class Step:
     score: float | None
     detection: Detection | None
     embedding: np.ndarray | None
+    logit: float | None = None  # the score before the sigmoid (it saturates at 1.0; this does not)
 
 
 class Engine:
@@ -56,5 +57,6 @@ class Engine:
         self._embs.append(emb)
         if len(self._embs) < self.head.window:
             return Step(t, None, None, emb)
-        score = float(self.head.forward(np.stack(self._embs)[None])[0])
-        return Step(t, score, self.detector.update(score, t), emb)
+        logit = float(self.head.logits(np.stack(self._embs)[None])[0])
+        score = float(1.0 / (1.0 + np.exp(-logit)))
+        return Step(t, score, self.detector.update(score, t), emb, logit)
