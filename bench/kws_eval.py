@@ -211,8 +211,9 @@ def _plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in results.items():
         fah, frr = np.array(r["det"]["fa_per_hour"]), np.array(r["det"]["frr"])
-        order = np.argsort(fah)
-        ax.plot(np.maximum(fah[order], 1e-2), frr[order], label=name)
+        keep = fah > 0  # zero false accepts has no place on a log axis; the JSON keeps those points
+        order = np.argsort(fah[keep], kind="stable")
+        ax.plot(fah[keep][order], frr[keep][order], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("false accepts per hour")
     ax.set_ylabel("false rejection rate")
