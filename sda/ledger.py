@@ -28,10 +28,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import MessageError, SdaError, StorageError
+from .errors import MessageError, SdaError
 from .protocol import codec as c
 from .protocol.messages import Message, open_signed
-from .sqlite import LockedDatabase, connect_sqlite
+from .sqlite import LockedDatabase, open_versioned
 
 MINT = "mint"
 TREASURY = "treasury"
@@ -199,19 +199,9 @@ class Ledger(LockedDatabase):
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.RLock()
-        try:
-            self._db = connect_sqlite(self.path)
-            self._db.executescript(SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise StorageError(f"{path}: ledger schema version {row[0]}, this code knows {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the ledger database {path}: {exc}") from exc
+        self._db = open_versioned(self.path, SCHEMA, SCHEMA_VERSION, "ledger")
 
     def close(self) -> None:
         """Close the database (every committed entry is already on disk)."""

@@ -19,6 +19,26 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def open_versioned(path: Path, schema: str, version: str, what: str) -> sqlite3.Connection:
+    """Open (creating if need be) a database whose `meta` table records its schema version;
+    StorageError naming `what` when it cannot be opened or was written by other code."""
+    from .errors import StorageError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = connect_sqlite(path)
+        db.executescript(schema)
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (version,))
+        elif row[0] != version:
+            raise StorageError(f"{path}: {what} schema version {row[0]}, this code knows {version}")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the {what} database {path}: {exc}") from exc
+    return db
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""

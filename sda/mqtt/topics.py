@@ -51,11 +51,15 @@ def registration(party_id: str) -> str:
     return f"{PREFIX}/registry/{party_id}"
 
 
-def registry_snapshot(page: int = 0) -> str:
-    """Coordinator, retained: one signed page of the registry snapshot that bitmaps index into."""
+def _page(name: str, page: int) -> str:
     if not isinstance(page, int) or page < 0:
         raise ValueError(f"page must be an int >= 0, got {page!r}")
-    return f"{PREFIX}/registry_snapshot/{page}"
+    return f"{PREFIX}/{name}/{page}"
+
+
+def registry_snapshot(page: int = 0) -> str:
+    """Coordinator, retained: one signed page of the registry snapshot that bitmaps index into."""
+    return _page("registry_snapshot", page)
 
 
 def release(model_id: str) -> str:
@@ -81,9 +85,7 @@ ALL_CLERK_PAGES = f"{PREFIX}/clerk_snapshot/+"
 
 def clerk_snapshot(page: int = 0) -> str:
     """Coordinator, retained: one signed page of the clerk snapshot committees are drawn from."""
-    if not isinstance(page, int) or page < 0:
-        raise ValueError(f"page must be an int >= 0, got {page!r}")
-    return f"{PREFIX}/clerk_snapshot/{page}"
+    return _page("clerk_snapshot", page)
 
 
 def ledger_request(party_id: str) -> str:

@@ -317,12 +317,8 @@ class Coordinator:
     def _publish_registry(self, reg: Registry) -> None:
         if self._published_registry == reg.snapshot_hash:
             return
-        entries = [(e.device_id, e.sign_key, e.box_key) for e in reg.entries]
-        pages = -(-len(entries) // REGISTRY_PAGE)
-        for page in range(pages):
-            msg = RegistrySnapshot(self.cid, reg.snapshot_hash, len(entries), page, pages,
-                                   tuple(entries[page * REGISTRY_PAGE : (page + 1) * REGISTRY_PAGE]))
-            self.transport.publish(topics.registry_snapshot(page), seal(msg, self.cid, self.identity), retain=True)
+        self._publish_pages(RegistrySnapshot, topics.registry_snapshot, reg.snapshot_hash,
+                            [(e.device_id, e.sign_key, e.box_key) for e in reg.entries])
         self._registries[reg.snapshot_hash] = reg
         self._published_registry = reg.snapshot_hash
 
@@ -544,13 +540,18 @@ class Coordinator:
     def _publish_clerks(self, cands: list[committee_draw.Candidate], clerks_hash: bytes) -> None:
         if self._published_clerks == clerks_hash:
             return
-        entries = [(c.clerk_id, c.sign_key, c.box_key, c.stake, c.eligible) for c in cands]
+        self._publish_pages(ClerkSnapshot, topics.clerk_snapshot, clerks_hash,
+                            [(c.clerk_id, c.sign_key, c.box_key, c.stake, c.eligible) for c in cands])
+        self._published_clerks = clerks_hash
+
+    def _publish_pages(self, kind, topic_of, snapshot_hash: bytes, entries: list) -> None:
+        """A snapshot as signed retained pages of REGISTRY_PAGE entries (kind: RegistrySnapshot or
+        ClerkSnapshot, whose fields are coordinator, hash, count, page, pages, entries)."""
         pages = -(-len(entries) // REGISTRY_PAGE)
         for page in range(pages):
-            msg = ClerkSnapshot(self.cid, clerks_hash, len(entries), page, pages,
-                                tuple(entries[page * REGISTRY_PAGE : (page + 1) * REGISTRY_PAGE]))
-            self.transport.publish(topics.clerk_snapshot(page), seal(msg, self.cid, self.identity), retain=True)
-        self._published_clerks = clerks_hash
+            msg = kind(self.cid, snapshot_hash, len(entries), page, pages,
+                       tuple(entries[page * REGISTRY_PAGE : (page + 1) * REGISTRY_PAGE]))
+            self.transport.publish(topic_of(page), seal(msg, self.cid, self.identity), retain=True)
 
     def _settle(self, a: Announce, answered: tuple[str, ...], wrong: tuple[str, ...], devices: list[str],
                 paid: bool = True) -> None:

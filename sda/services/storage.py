@@ -9,7 +9,6 @@ nothing, so a redelivered MQTT message is a no-op.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from ..errors import StorageError
-from ..sqlite import LockedDatabase, connect_sqlite
+from ..sqlite import LockedDatabase, open_versioned
 
 OPEN_STATES = ("pending", "collecting", "closing", "computing")
 
@@ -126,18 +125,8 @@ class SqliteStore(LockedDatabase):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        try:
-            self._db = connect_sqlite(self.path)
-            self._db.executescript(SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise StorageError(f"{path}: schema version {row[0]}, this code knows {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the coordinator database {path}: {exc}") from exc
+        self._db = open_versioned(self.path, SCHEMA, SCHEMA_VERSION, "coordinator")
 
     # parties
     def add_party(self, party_id: str, role: str, sign_key: bytes, box_key: bytes) -> bool:
