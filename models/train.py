@@ -66,41 +66,59 @@ def clip_of(speech: np.ndarray, rng: np.random.Generator, end_margin_s: tuple[fl
     return D.to_int16(mixed * 10 ** (rng.uniform(-12, 6) / 20))
 
 
-def build(wakeword: str, voices: list[D.Voice], n_pos: int, n_neg: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N, SPAN, N_MELS) float32 and labels (N,) of a freshly synthesised dataset."""
+def negative_text(wakeword: str, kind: int, rng: np.random.Generator) -> str:
+    """Text of a spoken negative: 0-1 a confusable phrase, 2-3 random words, 4 a training sentence."""
+    if kind < 2:
+        return str(rng.choice(D.CONFUSABLE[wakeword]))
+    if kind < 4:
+        return D.word_sequence(rng)
+    return str(rng.choice(D.SENTENCES))
+
+
+def _speech(specs: list[tuple[str, D.Voice]], rng: np.random.Generator, chunk: int = 2000):
+    """Yield synthesised speech for (text, voice) specs with random pitch and speed, in order,
+    batching festival's requests `chunk` at a time."""
+    for i in range(0, len(specs), chunk):
+        part = [(t, v, int(rng.integers(20, 80)), int(rng.integers(120, 200))) for t, v in specs[i : i + chunk]]
+        yield from D.synthesize_many(part)
+
+
+def build(wakeword: str, voices: list[D.Voice], n_pos: int, n_neg: int, seed: int,
+          progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, SPAN, N_MELS) float32 and labels (N,) of a freshly synthesised dataset.
+    Negatives cycle through six kinds: confusables (2), random words (2), sentences, noise."""
     rng = np.random.default_rng(seed)
-    x, y = [], []
+    x = np.empty((n_pos + n_neg, SPAN, N_MELS), np.float32)
+    y = np.zeros(n_pos + n_neg, np.float32)
+    y[:n_pos] = 1.0
+    done = 0
 
-    def add(samples: np.ndarray, label: float) -> None:
-        feats = log_mel(samples)
-        assert feats.shape == (SPAN, N_MELS)
-        x.append(feats)
-        y.append(label)
+    def add(samples: np.ndarray) -> None:
+        nonlocal done
+        x[done] = log_mel(samples)
+        done += 1
+        if progress is not None and done % 2000 == 0:
+            progress(done, len(y))
 
-    for _ in range(n_pos):
-        v = voices[rng.integers(len(voices))]
-        speech = D.synthesize(wakeword, v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
-        add(clip_of(speech, rng, (0.05, 0.25)), 1.0)
-    for i in range(n_neg):
-        kind = i % 4
-        if kind == 3:  # noise or near-silence
-            add(D.to_int16(D.noise(str(rng.choice(["white", "pink", "brown"])), CLIP, rng)
-                           * 10 ** rng.uniform(0.5, 3.5)), 0.0)
-            continue
-        text = (rng.choice(D.CONFUSABLE[wakeword]) if kind < 2 else rng.choice(D.SENTENCES))
-        v = voices[rng.integers(len(voices))]
-        speech = D.synthesize(str(text), v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
+    for speech in _speech([(wakeword, D.pick_voice(voices, rng)) for _ in range(n_pos)], rng):
+        add(clip_of(speech, rng, (0.05, 0.25)))
+    kinds = np.arange(n_neg) % 6
+    spoken = [(negative_text(wakeword, int(k), rng), D.pick_voice(voices, rng)) for k in kinds if k != 5]
+    for speech in _speech(spoken, rng):
         # Negatives are seen as a streaming window sees them: any part of the phrase, anywhere.
-        add(clip_of(speech, rng, None), 0.0)
-    return np.stack(x).astype(np.float32), np.asarray(y, np.float32)
+        add(clip_of(speech, rng, None))
+    for _ in range(int((kinds == 5).sum())):  # noise or near-silence
+        add(D.to_int16(D.noise(str(rng.choice(["white", "pink", "brown"])), CLIP, rng) * 10 ** rng.uniform(0.5, 3.5)))
+    assert done == len(y)
+    return x, y
 
 
 def mine_hard_negatives(model_dir: Path, wakeword: str, voices: list[D.Voice], minutes: float, top: int,
                         seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows of negative speech (training voices only) the current model scores highest:
-    ((top, SPAN, N_MELS), their scores, highest first). Streams sentences and confusables through
-    the device engine and keeps the SPAN mel frames behind each of the top-scoring steps (at least
-    0.8 s apart)."""
+    ((top, SPAN, N_MELS), their scores, highest first). Streams sentences, random words and
+    confusables through the device engine and keeps the SPAN mel frames behind each of the
+    top-scoring steps (at least 0.8 s apart)."""
     from assistant.kws.backbone import Backbone
     from assistant.kws.detector import Detector
     from assistant.kws.engine import Engine
@@ -108,14 +126,10 @@ def mine_hard_negatives(model_dir: Path, wakeword: str, voices: list[D.Voice], m
 
     rng = np.random.default_rng(seed)
     engine = Engine(Backbone(model_dir / "backbone.onnx"), Head.load(model_dir / "head.npz"), Detector())
-    texts = D.SENTENCES + D.CONFUSABLE[wakeword]
-    parts, total = [], 0
-    while total < minutes * 60 * D.SAMPLE_RATE:
-        v = voices[rng.integers(len(voices))]
-        s = D.synthesize(str(rng.choice(texts)), v, int(rng.integers(20, 80)), int(rng.integers(120, 200)))
-        s = D.to_int16(D.mix_at_snr(s.astype(np.float64), D.noise("pink", len(s), rng), rng.uniform(0, 25)))
-        parts.append(s)
-        total += len(s)
+    n = int(minutes * 60 / 1.8)  # utterances average about 1.8 s
+    specs = [(negative_text(wakeword, int(rng.integers(5)), rng), D.pick_voice(voices, rng)) for _ in range(n)]
+    parts = [D.to_int16(D.mix_at_snr(s.astype(np.float64), D.noise("pink", len(s), rng), rng.uniform(0, 25)))
+             for s in _speech(specs, rng)]
     audio = np.concatenate(parts)
     scores = []
     for i in range(0, len(audio) - 1280 + 1, 1280):
@@ -238,14 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mine-top", type=int, default=3000, help="hard negatives added per round")
     p.add_argument("--mine-minutes", type=float, default=60.0, help="minutes of speech scored per round")
     args = p.parse_args(argv)
-    train_voices, test_voices = D.split_voices(D.espeak_voices())
+    train_voices, test_voices = D.split_voices(D.all_voices())
     t0 = time.time()
-    x, y = build(args.wakeword, train_voices, args.positives, args.negatives, args.seed)
-    print(f"dataset: {len(y)} clips ({int(y.sum())} positive) in {time.time() - t0:.0f} s", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    x, y = build(args.wakeword, train_voices, args.positives, args.negatives, args.seed,
+                 progress=lambda done, n: log(f"dataset: {done}/{n} clips ({time.time() - t0:.0f} s)"))
+    log(f"dataset: {len(y)} clips ({int(y.sum())} positive) in {time.time() - t0:.0f} s")
     info = train(x, y, args.out, args.epochs, args.resume, args.seed, log=log)
     epochs = args.epochs
     for r in range(args.mine):
+        log(f"mining round {r + 1}: scoring {args.mine_minutes:g} minutes of negative speech")
         hard, _ = mine_hard_negatives(args.out, args.wakeword, train_voices, args.mine_minutes, args.mine_top,
                                       args.seed + 100 + r)
         x, y = np.concatenate([x, hard]), np.concatenate([y, np.zeros(len(hard), np.float32)])
@@ -257,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     info["mining_rounds"] = args.mine
     info.update({"wakeword": args.wakeword, "positives": args.positives, "negatives": args.negatives,
                  "train_voices": len(train_voices),
-                 "held_out_variants": sorted({v.variant for v in test_voices}),
+                 "held_out_variants": sorted({v.variant for v in test_voices if v.engine == "espeak"}),
+                 "held_out_recorded": sorted(v.name for v in test_voices if v.engine != "espeak"),
+                 "train_recorded": sorted(v.name for v in train_voices if v.engine != "espeak"),
+                 "wall_seconds": round(time.time() - t0, 1),
                  "dataset_seconds": round(time.time() - t0 - info["train_seconds"], 1)})
     (args.out / "training.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))

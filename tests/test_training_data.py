@@ -63,3 +63,42 @@ def test_augmentation_never_clips_and_changes_the_clip(voices):
     assert all(o.dtype == np.int16 and np.abs(o.astype(int)).max() <= 0.9 * 32767 + 1 for o in outs)
     assert len({len(o) for o in outs}) > 5  # speeds differ
     assert D.CONFUSABLE["hey snips"] and "hey snips" not in D.CONFUSABLE["hey snips"]
+
+
+def test_recorded_voices_are_split_by_speaker_in_every_engine():
+    train, test = D.split_voices(D.all_voices())
+    recorded_test = {v for v in test if v.engine != "espeak"}
+    assert {v.engine for v in recorded_test} == {"flite", "festival"}
+    assert {v.speaker for v in recorded_test} == set(D.HELD_OUT_SPEAKERS)
+    assert {v.speaker for v in train}.isdisjoint({v.speaker for v in test})
+    assert {v.engine for v in train} == {"espeak", "flite", "festival"}
+
+
+@pytest.mark.parametrize("voice", [D.Voice("flite", "awb"), D.Voice("festival", "kal_diphone"),
+                                   D.Voice("festival", "cmu_us_slt_arctic_hts")], ids=lambda v: v.name)
+def test_flite_and_festival_speak_with_pitch_and_speed(voice):
+    x = D.synthesize("hey jarvis", voice, pitch=50, speed=160)
+    assert x.dtype == np.int16 and 0.4 < len(x) / 16000 < 2.5 and np.abs(x).max() > 1000
+    slow = D.synthesize("hey jarvis", voice, pitch=50, speed=100)
+    assert len(slow) > 1.3 * len(x)
+    low, high = (D.synthesize("hey jarvis", voice, pitch=p, speed=160) for p in (20, 80))
+    assert not np.array_equal(low[: len(high)], high[: len(low)])
+
+
+def test_batched_festival_matches_one_at_a_time_and_keeps_order():
+    reqs = [("hey snips", D.Voice("festival", "ked_diphone"), 40, 150), ("one two", D.Voice("flite", "rms"), 50, 160),
+            ("open the door", D.Voice("festival", "kal_diphone"), 60, 180)]
+    many = D.synthesize_many(reqs)
+    for r, m in zip(reqs, many, strict=True):
+        assert np.array_equal(m, D.synthesize(*r))
+
+
+def test_pick_voice_follows_the_engine_weights_and_word_sequences_use_the_vocabulary():
+    train, _ = D.split_voices(D.all_voices())
+    rng = np.random.default_rng(3)
+    engines = [D.pick_voice(train, rng).engine for _ in range(3000)]
+    for e, w in D.ENGINE_WEIGHTS.items():
+        assert abs(engines.count(e) / 3000 - w) < 0.04
+    words = D.word_sequence(rng, 3, 10).split()
+    assert 3 <= len(words) <= 10 and set(words) <= set(D.VOCAB)
+    assert not set(D.TEST_SENTENCES) & set(D.SENTENCES)
