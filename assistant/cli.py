@@ -49,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--hermes", default=None, metavar="URL",
                      help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
     det.add_argument("--json", action="store_true", help="one JSON object per detection")
+    ev = sub.add_parser(
+        "eval", help="measure a model on your own labelled recordings",
+        description="Stream every recording in DIR/positive (each holds the wake word once) and"
+        " DIR/negative (anything else) through the wake-word engine, 16 kHz mono WAV or FLAC, and"
+        " print the false rejection rate at 0.1, 0.5 and 1 false accepts per hour with the threshold"
+        " that reaches each, and the false accepts per hour at --threshold.")
+    ev.add_argument("dir", type=Path, help="folder with positive/ and negative/ subfolders of .wav/.flac files")
+    ev.add_argument("--backbone", type=Path, required=True, help="backbone .onnx")
+    ev.add_argument("--head", type=Path, required=True, help="head .npz")
+    # the detector's settings default as in detect, so a threshold read here means the same there
+    ev.add_argument("--threshold", type=float, default=0.5,
+                    help="the score to report false accepts at (default 0.5, as detect)")
+    ev.add_argument("--patience", type=int, default=2, help="frames at or above it in a row (default 2, as detect)")
+    ev.add_argument("--refractory", type=float, default=2.0, help="seconds of quiet after a detection (as detect)")
+    ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     return parser
 
 
@@ -69,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         ])
     if args.command == "detect":
         return _detect(args)
+    if args.command == "eval":
+        return _eval(args)
     build_parser().print_help()
     return 2
 
@@ -116,6 +133,32 @@ def _detect(args: argparse.Namespace) -> int:
     except (AssistantError, ValueError) as exc:
         print(f"assistant: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import AssistantError
+    from .kws.backbone import Backbone
+    from .kws.detector import Detector
+    from .kws.engine import Engine
+    from .kws.head import Head
+    from .kws.owner_eval import evaluate_recordings, render_table
+
+    def progress(done: int, total: int) -> None:
+        # every tenth of the way, when there are enough files for the wait to show
+        if total >= 20 and (done * 10 // total) != ((done - 1) * 10 // total):
+            print(f"eval: {done}/{total} recordings scored", file=sys.stderr, flush=True)
+
+    try:
+        engine = Engine(Backbone(args.backbone), Head.load(args.head),
+                        Detector(args.threshold, args.patience, args.refractory))
+        result = evaluate_recordings(args.dir, engine, args.threshold, args.patience, args.refractory, progress)
+    except (AssistantError, ValueError) as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json()) if args.json else render_table(result))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,3 +11,7 @@ class AudioError(AssistantError):
 
 class ModelError(AssistantError):
     """A model file that is missing, corrupt, or does not match its card."""
+
+
+class RecordingsError(AssistantError):
+    """A folder of labelled recordings not laid out as expected: the message names the path and the layout."""

@@ -7,7 +7,13 @@ A hit is a detection between the keyword's start and 0.5 s after its end; detect
 with a 2 s refractory window (patience 1 for every engine, so engines compare on scores alone).
 Reported per engine: FRR at 0.1, 0.5 and 1.0 false accepts per hour, CPU ms per 80 ms frame on
 one thread, peak RSS of the process that ran it, and the p95 delay from the keyword's end to the
-detection. Also a DET plot (PNG). The last line printed is one JSON object.
+detection. Also a DET plot (PNG) of every engine. The last line printed is one JSON object.
+
+The test set of each wake word is built once, in this process, and cached as raw int16 files under
+`--cache` (reused when present). Each engine then runs in its own spawned process that reads the
+audio from those files in chunks, so that process's peak RSS is the detector's own. Peer engines
+(openWakeWord, microWakeWord) come from bench/kws_peers.py; one it cannot provide is listed as
+missing with the reason.
 """
 
 from __future__ import annotations
@@ -15,25 +21,59 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
+import queue
 import resource
+import shutil
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from assistant.audio import FRAME_SAMPLES, SAMPLE_RATE  # noqa: E402
-from models import data as D  # noqa: E402
+from assistant.kws.evaluation import BUDGETS, FRAME_S, LOGIT_GRID, sweep_thresholds  # noqa: E402
 
-REFRACTORY_S = 2.0
-BUDGETS = (0.1, 0.5, 1.0)
+POSITIVES_FILE, NEGATIVES_FILE, META_FILE = "positives.i16", "negatives.i16", "testset.json"
+FRAME_BYTES = 2 * FRAME_SAMPLES
+CHUNK_FRAMES = 1024  # 2.6 MB of audio per read in the engine's process
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """An engine to evaluate: ours (a model directory) or a peer from bench/kws_peers.py."""
+
+    name: str
+    wakeword: str
+    model_dir: Path | None = None  # ours
+    peer: str | None = None  # the kws_peers function that builds it
+
+
+def engine_specs(models: Path) -> dict[str, EngineSpec]:
+    """Every engine this bench knows, in report order."""
+    return {
+        "ours_hey_jarvis": EngineSpec("ours_hey_jarvis", "hey jarvis", model_dir=models / "hey_jarvis"),
+        "ours_hey_snips": EngineSpec("ours_hey_snips", "hey snips", model_dir=models / "hey_snips"),
+        "openwakeword_hey_jarvis": EngineSpec("openwakeword_hey_jarvis", "hey jarvis",
+                                              peer="openwakeword_hey_jarvis"),
+        "microwakeword_hey_jarvis": EngineSpec("microwakeword_hey_jarvis", "hey jarvis",
+                                               peer="microwakeword_hey_jarvis"),
+    }
+
+
+# -- the test set (built in the parent) -------------------------------------------------------
 
 
 def positives(wakeword: str, n: int, seed: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """One stream of n 3-second clips; returns samples and each keyword's (start_s, end_s)."""
+    from models import data as D
+
     rng = np.random.default_rng(seed)
     _, test = D.split_voices(D.espeak_voices())
     clips, spans = [], []
@@ -54,6 +94,8 @@ def positives(wakeword: str, n: int, seed: int) -> tuple[np.ndarray, list[tuple[
 
 def negatives(wakeword: str, hours: float, seed: int):
     """Yield int16 segments totalling `hours`: sentences and confusables by held-out voices, noise, silence."""
+    from models import data as D
+
     rng = np.random.default_rng(seed)
     _, test = D.split_voices(D.espeak_voices())
     total, want = 0, int(hours * 3600 * SAMPLE_RATE)
@@ -79,88 +121,168 @@ def negatives(wakeword: str, hours: float, seed: int):
         yield seg
 
 
-def ours(model_dir: Path):
-    """A scorer for our engine: frame -> score or None (same code as the device)."""
-    from assistant.kws.backbone import Backbone
-    from assistant.kws.detector import Detector
-    from assistant.kws.engine import Engine
-    from assistant.kws.head import Head
-
-    engine = Engine(Backbone(model_dir / "backbone.onnx"), Head.load(model_dir / "head.npz"), Detector())
-    # Thresholds are swept over logits: probabilities saturate at exactly 1.0 and would tie.
-    return lambda frame: engine.process(frame).logit, engine.reset
+def testset_dir(cache: Path, seed: int, hours: float, n_pos: int, wakeword: str) -> Path:
+    """Where the test set of these parameters is cached."""
+    return cache / f"kws_testset-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
 
 
-def stream_scores(score, samples: np.ndarray) -> np.ndarray:
-    """Scores per 80 ms frame (NaN until the engine's windows fill). (frames,)"""
-    out = []
-    for i in range(0, len(samples) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-        s = score(samples[i : i + FRAME_SAMPLES])
-        out.append(np.nan if s is None else s)
-    return np.array(out)
-
-
-def events(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Frame indices where a detection fires: score >= threshold, then quiet for REFRACTORY_S."""
-    gap = int(REFRACTORY_S * 1000 / 80)
-    fired, quiet_until = [], -1
-    for i in np.nonzero(scores >= threshold)[0]:
-        if i >= quiet_until:
-            fired.append(i)
-            quiet_until = i + gap
-    return np.array(fired, int)
-
-
-def evaluate(name: str, model_dir: str, wakeword: str, n_pos: int, hours: float, seed: int, q) -> None:
-    """Run one engine in this (child) process and put its figures on q."""
-    score, reset = ours(Path(model_dir))
+def build_testset(cache: Path, wakeword: str, hours: float, n_pos: int, seed: int) -> Path:
+    """The cached test set's directory, built first if absent: positives.i16 (one stream), negatives.i16
+    (whole frames of every segment, as they are scored), testset.json (keyword spans and counts)."""
+    final = testset_dir(cache, seed, hours, n_pos, wakeword)
+    if (final / META_FILE).exists():
+        print(f"{wakeword}: reusing the test set in {final}", file=sys.stderr, flush=True)
+        return final
+    tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    print(f"{wakeword}: building the test set in {final}", file=sys.stderr, flush=True)
     pos, spans = positives(wakeword, n_pos, seed)
+    pos.astype("<i2").tofile(tmp / POSITIVES_FILE)
+    want = int(hours * 3600 * SAMPLE_RATE)
+    frames, shown = 0, 0
+    with open(tmp / NEGATIVES_FILE, "wb") as f:
+        for seg in negatives(wakeword, hours, seed + 1):
+            whole = seg[: len(seg) // FRAME_SAMPLES * FRAME_SAMPLES]
+            f.write(whole.astype("<i2").tobytes())
+            frames += len(whole) // FRAME_SAMPLES
+            pct = min(100, 100 * frames * FRAME_SAMPLES // max(want, 1))
+            if pct >= shown + 10:
+                shown = pct - pct % 10
+                print(f"{wakeword}: negatives {shown}% synthesised", file=sys.stderr, flush=True)
+    meta = {"wakeword": wakeword, "seed": seed, "negative_hours_asked": hours, "positives": n_pos,
+            "positive_samples": len(pos), "negative_frames": frames, "sample_rate": SAMPLE_RATE,
+            "spans_s": [list(s) for s in spans]}
+    (tmp / META_FILE).write_text(json.dumps(meta) + "\n")  # written last: its presence means complete
+    try:
+        tmp.rename(final)
+    except OSError:  # built meanwhile by another run: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# -- one engine (in its own spawned process) --------------------------------------------------
+
+
+class EngineMissing(Exception):
+    """The engine cannot run here; the message says why."""
+
+
+def open_scorer(spec: EngineSpec, cache: Path):
+    """(score, reset): score(frame (1280,) int16) -> float | None, on the engine's own scale."""
+    if spec.model_dir is not None:
+        from assistant.kws.backbone import Backbone
+        from assistant.kws.detector import Detector
+        from assistant.kws.engine import Engine
+        from assistant.kws.head import Head
+
+        engine = Engine(Backbone(spec.model_dir / "backbone.onnx"), Head.load(spec.model_dir / "head.npz"),
+                        Detector())
+        # Thresholds are swept over logits: probabilities saturate at exactly 1.0 and would tie.
+        return lambda frame: engine.process(frame).logit, engine.reset
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    try:
+        import kws_peers
+    except ImportError as exc:
+        raise EngineMissing(f"bench/kws_peers.py cannot be imported ({exc})") from exc
+    build = getattr(kws_peers, spec.peer, None)
+    if build is None:
+        raise EngineMissing(f"bench/kws_peers.py has no {spec.peer}()")
+    try:
+        return build(cache)
+    except kws_peers.PeerUnavailable as exc:
+        raise EngineMissing(str(exc) or type(exc).__name__) from exc
+
+
+def score_file(score, reset, path: Path, label: str = "") -> tuple[np.ndarray, float]:
+    """Scores of every whole frame of a raw int16 file, read in chunks, after a reset; and the CPU
+    seconds spent in `score`. Prints progress every 10 % when `label` is given. -> ((frames,), s)"""
+    n = path.stat().st_size // FRAME_BYTES
+    out = np.full(n, np.nan)
+    cpu, at, shown = 0.0, 0, 0
     reset()
-    pos_scores = stream_scores(score, pos)
-    neg_scores, frames, cpu = [], 0, 0.0
-    reset()
-    for seg in negatives(wakeword, hours, seed + 1):
-        t0 = time.process_time()
-        neg_scores.append(stream_scores(score, seg))
-        cpu += time.process_time() - t0
-        frames += len(neg_scores[-1])
-    floor = -1e9  # frames before the engine's windows fill never fire
-    neg = np.nan_to_num(np.concatenate(neg_scores), nan=floor)
-    pos_s = np.nan_to_num(pos_scores, nan=floor)
-    neg_hours = frames * 0.08 / 3600
-    # Logit thresholds: a grid, plus every one of the 300 highest negative peaks (where the
-    # false-accept budgets are decided), plus just above the highest.
-    top = np.sort(neg)[-300:]
-    thresholds = np.unique(np.concatenate([np.linspace(-10, 30, 161), top, [neg.max() + 1e-6]]))
-    frr, fah, delays = [], [], {}
-    for th in thresholds:
-        fah.append(len(events(neg, th)) / neg_hours)
-        hit_frames = events(pos_s, th)
-        hit_t = (hit_frames + 1) * 0.08
-        hits = 0
-        for (a, b) in spans:
-            inside = hit_t[(hit_t >= a) & (hit_t <= b + 0.5)]
-            if len(inside):
-                hits += 1
-                delays.setdefault(float(th), []).append(float(inside[0] - b))
-        frr.append(1 - hits / len(spans))
-    frr, fah = np.array(frr), np.array(fah)
-    out = {"name": name, "negative_hours": round(neg_hours, 3), "positives": len(spans),
-           "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 4),
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "det": {"fa_per_hour": fah.tolist(), "frr": frr.tolist()}}
+    with open(path, "rb") as f:
+        while at < n:
+            buf = f.read(CHUNK_FRAMES * FRAME_BYTES)
+            chunk = np.frombuffer(buf[: len(buf) // FRAME_BYTES * FRAME_BYTES], "<i2").reshape(-1, FRAME_SAMPLES)
+            if not len(chunk):
+                break
+            t0 = time.process_time()
+            for k, frame in enumerate(chunk):
+                s = score(frame)
+                if s is not None:
+                    out[at + k] = s
+            cpu += time.process_time() - t0
+            at += len(chunk)
+            pct = 100 * at // n
+            if label and pct >= shown + 10:
+                shown = pct - pct % 10
+                print(f"{label}: {shown}% of the negatives scored", file=sys.stderr, flush=True)
+    return out, cpu
+
+
+def run_engine(spec: EngineSpec, testset: str, cache: str, q) -> None:
+    """The body of an engine's process: score the cached test set and put the raw scores on q."""
+    try:
+        try:
+            score, reset = open_scorer(spec, Path(cache))
+        except EngineMissing as exc:
+            q.put({"name": spec.name, "missing": str(exc)})
+            return
+        pos, _ = score_file(score, reset, Path(testset) / POSITIVES_FILE)
+        neg, cpu = score_file(score, reset, Path(testset) / NEGATIVES_FILE, label=spec.name)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        q.put({"name": spec.name, "positive_scores": pos, "negative_scores": neg, "cpu_s": cpu,
+               "peak_rss_mb": rss_mb})
+    except Exception:
+        q.put({"name": spec.name, "error": traceback.format_exc()})
+
+
+def spawn_engine(ctx, spec: EngineSpec, testset: Path, cache: Path) -> dict:
+    """Run one engine in a fresh spawned process; its message (scores, missing or error)."""
+    q = ctx.Queue()
+    proc = ctx.Process(target=run_engine, args=(spec, str(testset), str(cache), q))
+    proc.start()
+    while True:
+        try:
+            msg = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                try:
+                    msg = q.get(timeout=1.0)
+                except queue.Empty:
+                    msg = {"name": spec.name, "error": f"its process died (exit code {proc.exitcode})"}
+                break
+    proc.join()
+    return msg
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def figures(msg: dict, spans: list[tuple[float, float]]) -> dict:
+    """An engine's figures from its scores (the same definitions as `assistant eval`)."""
+    pos, neg = msg["positive_scores"], msg["negative_scores"]
+    frames = len(neg)
+    neg_hours = frames * FRAME_S / 3600
+    # Every engine reports logits (kws_peers converts its peers' probabilities), so one grid serves all.
+    sweep = sweep_thresholds(pos, spans, neg, neg_hours, budgets=BUDGETS, grid=LOGIT_GRID)
+    out = {"name": msg["name"], "negative_hours": round(neg_hours, 3), "positives": len(spans),
+           "cpu_ms_per_frame": round(1000 * msg["cpu_s"] / max(frames, 1), 4),
+           "peak_rss_mb": round(msg["peak_rss_mb"], 1),
+           "det": {"fa_per_hour": sweep.fa_per_hour.tolist(), "frr": sweep.frr.tolist()}}
     for budget in BUDGETS:
-        ok = np.nonzero(fah <= budget)[0]
-        i = ok[np.argmin(frr[ok])] if len(ok) else len(thresholds) - 1
-        out[f"frr_at_{budget}"] = round(float(frr[i]), 4)
-        if budget == 0.5:
-            d = delays.get(float(thresholds[i]), [])
-            out["latency_p95_ms"] = round(1000 * float(np.percentile(d, 95)), 1) if d else None
-            out["logit_threshold_at_0.5"] = round(float(thresholds[i]), 4)
-    q.put(out)
+        out[f"frr_at_{budget}"] = round(sweep.at(budget).point.frr, 4)
+    lat = sweep.latency_p95_s
+    out["latency_p95_ms"] = round(1000 * lat, 1) if lat is not None else None
+    out["logit_threshold_at_0.5"] = round(sweep.at(0.5).point.threshold, 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    specs_all = engine_specs(ROOT / "models")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true")
     p.add_argument("--negative-hours", type=float, default=6.0)
@@ -168,31 +290,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--plot", type=Path, default=ROOT / "bench" / "kws_det.png")
+    p.add_argument("--cache", type=Path, default=BENCH / ".cache",
+                   help="where test sets are kept (and peers keep their downloads); default bench/.cache")
+    p.add_argument("--engines", default=",".join(specs_all),
+                   help=f"comma-separated, from {','.join(specs_all)} (default: all)")
     args = p.parse_args(argv)
-    engines = {"ours_hey_jarvis": (args.models / "hey_jarvis", "hey jarvis"),
-               "ours_hey_snips": (args.models / "hey_snips", "hey snips")}
-    missing = sorted(n for n, (d, _) in engines.items() if not (d / "backbone.onnx").exists())
-    engines = {n: e for n, e in engines.items() if n not in missing}
-    for n in missing:
-        print(f"{n}: no model in {args.models}; skipped (train it with python -m models.train)", file=sys.stderr)
-    if not engines:
+    specs_all = engine_specs(args.models)
+    wanted = [n.strip() for n in args.engines.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in specs_all]
+    if unknown or not wanted:
+        p.error(f"--engines: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(specs_all)}")
+    specs = [specs_all[n] for n in dict.fromkeys(wanted)]
+
+    reasons: dict[str, str] = {}
+    for s in specs:
+        if s.model_dir is not None and not (s.model_dir / "backbone.onnx").exists():
+            reasons[s.name] = f"no model in {args.models}"
+            print(f"{s.name}: no model in {args.models}; skipped (train it with python -m models.train)",
+                  file=sys.stderr)
+    specs = [s for s in specs if s.name not in reasons]
+    if not specs:
         print("no engine to evaluate", file=sys.stderr)
         return 1
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    testsets = {w: build_testset(args.cache, w, args.negative_hours, args.positives, args.seed)
+                for w in dict.fromkeys(s.wakeword for s in specs)}
+    spans = {w: [tuple(x) for x in json.loads((d / META_FILE).read_text())["spans_s"]] for w, d in testsets.items()}
+
     ctx = mp.get_context("spawn")
-    results = {}
-    for name, (model_dir, wakeword) in engines.items():
-        q = ctx.Queue()
-        proc = ctx.Process(target=evaluate, args=(name, str(model_dir), wakeword, args.positives,
-                                                  args.negative_hours, args.seed, q))
-        proc.start()
-        results[name] = q.get()
-        proc.join()
-        print(f"{name}: FRR@0.5FA/h {results[name]['frr_at_0.5']}, {results[name]['cpu_ms_per_frame']} ms/frame",
-              file=sys.stderr, flush=True)
+    results, failed = {}, False
+    for spec in specs:
+        print(f"{spec.name}: scoring in its own process", file=sys.stderr, flush=True)
+        msg = spawn_engine(ctx, spec, testsets[spec.wakeword], args.cache)
+        if "missing" in msg:
+            reasons[spec.name] = msg["missing"]
+            print(f"{spec.name}: missing: {msg['missing']}", file=sys.stderr, flush=True)
+            continue
+        if "error" in msg:
+            failed = True
+            print(f"{spec.name}: failed:\n{msg['error']}", file=sys.stderr, flush=True)
+            continue
+        results[spec.name] = figures(msg, spans[spec.wakeword])
+        print(f"{spec.name}: FRR@0.5FA/h {results[spec.name]['frr_at_0.5']}, "
+              f"{results[spec.name]['cpu_ms_per_frame']} ms/frame", file=sys.stderr, flush=True)
+    if failed:
+        return 1
+    if not results:
+        print("no engine to evaluate", file=sys.stderr)
+        return 1
     _plot(results, args.plot)
     first = next(iter(results.values()))
+    missing = sorted(reasons)
     out = {"negative_hours": first["negative_hours"], "positives": first["positives"], "det_plot": str(args.plot),
-           "missing": missing,
+           "missing": missing, "missing_reasons": {n: reasons[n] for n in missing},
            "engines": {k: {m: v[m] for m in ("frr_at_0.1", "frr_at_0.5", "frr_at_1.0", "cpu_ms_per_frame",
                                               "peak_rss_mb", "latency_p95_ms")} for k, v in results.items()}}
     print(json.dumps(out))

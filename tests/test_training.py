@@ -62,7 +62,7 @@ def test_exported_backbone_and_head_match_the_trained_torch_model(tiny):
 
 def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
     """bench/kws_eval.py on the tiny model (as both wake words) and a minute of negatives: the JSON
-    contract holds and every figure is in range."""
+    contract holds, every figure is in range, and the cached test set is reused with the same figures."""
     import json
     import shutil
     import subprocess
@@ -73,17 +73,32 @@ def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
     for name in ("hey_snips", "hey_jarvis"):
         shutil.copytree(out, tmp_path / name)
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "bench" / "kws_eval.py"), "--json", "--models", str(tmp_path),
-                           "--negative-hours", "0.02", "--positives", "6", "--plot", str(tmp_path / "det.png")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["positives"] == 6 and 0.015 < res["negative_hours"] < 0.03
+
+    def kws_eval(engines: str) -> tuple[dict, str]:
+        proc = subprocess.run([sys.executable, str(root / "bench" / "kws_eval.py"), "--json", "--models",
+                               str(tmp_path), "--negative-hours", "0.02", "--positives", "6", "--plot",
+                               str(tmp_path / "det.png"), "--cache", str(tmp_path / "cache"), "--engines", engines],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+    res, log = kws_eval("ours_hey_snips,ours_hey_jarvis")
+    assert res["positives"] == 6 and 0.015 < res["negative_hours"] < 0.03 and res["missing"] == []
+    assert list(res["engines"]) == ["ours_hey_snips", "ours_hey_jarvis"]
     for name in ("ours_hey_snips", "ours_hey_jarvis"):
         e = res["engines"][name]
         assert all(0.0 <= e[f"frr_at_{b}"] <= 1.0 for b in (0.1, 0.5, 1.0))
         assert 0 < e["cpu_ms_per_frame"] < 50 and 10 < e["peak_rss_mb"] < 2000
     assert (tmp_path / "det.png").stat().st_size > 1000
+    assert "100% of the negatives scored" in log
+    for word in ("hey_snips", "hey_jarvis"):  # one test set per wake word, as raw int16 and spans
+        d = tmp_path / "cache" / f"kws_testset-2026-0.02-6-{word}"
+        meta = json.loads((d / "testset.json").read_text())
+        assert len(meta["spans_s"]) == 6 and (d / "negatives.i16").stat().st_size == meta["negative_frames"] * 2560
+    again, log = kws_eval("ours_hey_snips")
+    assert "hey snips: reusing the test set" in log and "building" not in log
+    assert again["engines"]["ours_hey_snips"]["frr_at_0.5"] == res["engines"]["ours_hey_snips"]["frr_at_0.5"]
+    assert again["negative_hours"] == res["negative_hours"]
 
 
 def test_hard_negative_mining_returns_the_highest_scoring_windows(tiny):

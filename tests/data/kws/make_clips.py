@@ -41,7 +41,7 @@ def main() -> None:
     noise.append(D.noise("white", 5 * SAMPLE_RATE, rng) * 20)
     write_wav(HERE / "negative_noise.wav", D.to_int16(np.concatenate(noise)))
     texts = D.TEST_SENTENCES[:4] + D.CONFUSABLE["hey snips"][:3] + D.CONFUSABLE["hey jarvis"][:3]
-    voices = [v for v in test if v.engine == "espeak"][:6] + [D.Voice("flite", "slt")]
+    voices = [*[v for v in test if v.engine == "espeak"][:6], D.Voice("flite", "slt")]
     parts = []
     for i, t in enumerate(texts):
         s = D.synthesize(t, voices[i % len(voices)], 50, 160).astype(np.float64)
