@@ -1,8 +1,9 @@
 """Wake-word evaluation on a fixed, regenerable test set from held-out voices.
 
-Positives: the wake word spoken by held-out espeak-ng voices (never heard in training), each in
-3 s of noise at 10 dB SNR. Negatives: at least `--negative-hours` of held-out-voice sentences,
-confusable phrases, noise and silence, streamed through the engine exactly as the device would.
+Positives: the wake word spoken by held-out voices (espeak-ng variants and the flite and festival
+speaker never heard in training), each in 3 s of noise at 10 dB SNR. Negatives: at least
+`--negative-hours` of held-out voices speaking evaluation-only sentences, random words and
+confusable phrases, plus noise and near silence, streamed through the engine as the device would.
 A hit is a detection between the keyword's start and 0.5 s after its end; detections are merged
 with a 2 s refractory window (patience 1 for every engine, so engines compare on scores alone).
 Reported per engine: FRR at 0.1, 0.5 and 1.0 false accepts per hour, CPU ms per 80 ms frame on
@@ -70,22 +71,31 @@ def engine_specs(models: Path) -> dict[str, EngineSpec]:
 # -- the test set (built in the parent) -------------------------------------------------------
 
 
+def _voice_specs(rng: np.random.Generator, test, n: int, text) -> list:
+    """n (text, voice, pitch, speed) requests by held-out voices, picked 60/20/20 by engine."""
+    from models import data as D
+
+    return [(text() if callable(text) else text, D.pick_voice(test, rng), int(rng.integers(20, 80)),
+             int(rng.integers(120, 200))) for _ in range(n)]
+
+
 def positives(wakeword: str, n: int, seed: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """One stream of n 3-second clips; returns samples and each keyword's (start_s, end_s)."""
+    """One stream of n 3-second clips, the wake word spoken by held-out voices (espeak-ng variants
+    and the held-out flite and festival speaker) in noise at 10 dB SNR; returns samples and each
+    keyword's (start_s, end_s)."""
     from models import data as D
 
     rng = np.random.default_rng(seed)
-    _, test = D.split_voices(D.espeak_voices())
+    _, test = D.split_voices(D.all_voices())
+    speech = D.synthesize_many(_voice_specs(rng, test, n, wakeword))
     clips, spans = [], []
-    for i in range(n):
-        v = test[rng.integers(len(test))]
-        kw = D.synthesize(wakeword, v, int(rng.integers(20, 80)), int(rng.integers(120, 200))).astype(np.float64)
+    for i, kw in enumerate(speech):
+        kw = kw.astype(np.float64)
         clip = np.zeros(3 * SAMPLE_RATE)
         start = int(rng.uniform(0.5, 3.0 - len(kw) / SAMPLE_RATE - 0.6) * SAMPLE_RATE) if len(kw) < 1.9 * SAMPLE_RATE \
             else int(0.3 * SAMPLE_RATE)
         clip[start : start + len(kw)] = kw[: len(clip) - start]
         mixed = D.mix_at_snr(clip, D.noise(str(rng.choice(["white", "pink", "brown"])), len(clip), rng), 10.0)
-        # keep the noise level of the whole clip equal to the keyword's SNR window
         clips.append(D.to_int16(mixed))
         t0 = 3.0 * i
         spans.append((t0 + start / SAMPLE_RATE, t0 + (start + len(kw)) / SAMPLE_RATE))
@@ -93,37 +103,38 @@ def positives(wakeword: str, n: int, seed: int) -> tuple[np.ndarray, list[tuple[
 
 
 def negatives(wakeword: str, hours: float, seed: int):
-    """Yield int16 segments totalling `hours`: sentences and confusables by held-out voices, noise, silence."""
+    """Yield int16 segments totalling `hours`: held-out voices speaking evaluation-only sentences
+    (never synthesised in training), random word sequences and confusable phrases; noise; near
+    silence. Synthesised 200 segments at a time (festival is batched)."""
     from models import data as D
 
     rng = np.random.default_rng(seed)
-    _, test = D.split_voices(D.espeak_voices())
+    _, test = D.split_voices(D.all_voices())
     total, want = 0, int(hours * 3600 * SAMPLE_RATE)
+    texts = {0: lambda: str(rng.choice(D.TEST_SENTENCES)), 1: lambda: D.word_sequence(rng),
+             2: lambda: str(rng.choice(D.CONFUSABLE[wakeword]))}
     while total < want:  # counted in whole 80 ms frames, as they are scored
-        kind = rng.integers(5)
-        if kind <= 1:
-            text = str(rng.choice(D.SENTENCES))
-        elif kind == 2:
-            text = str(rng.choice(D.CONFUSABLE[wakeword]))
-        else:
-            text = None
-        if text is not None:
-            v = test[rng.integers(len(test))]
-            seg = D.synthesize(text, v, int(rng.integers(20, 80)), int(rng.integers(120, 200))).astype(np.float64)
-            seg = D.mix_at_snr(seg, D.noise("pink", len(seg), rng), rng.uniform(5, 25))
-        elif kind == 3:
-            seg = D.noise(str(rng.choice(["white", "pink", "brown"])), int(rng.uniform(1, 6) * SAMPLE_RATE), rng)
-            seg *= 10 ** rng.uniform(1.0, 3.5)
-        else:
-            seg = D.noise("white", int(rng.uniform(1, 4) * SAMPLE_RATE), rng) * 20  # near silence
-        seg = D.to_int16(seg)
-        total += len(seg) // FRAME_SAMPLES * FRAME_SAMPLES
-        yield seg
+        kinds = rng.integers(5, size=200)
+        speech = iter(D.synthesize_many([_voice_specs(rng, test, 1, texts[int(k)])[0] for k in kinds if k <= 2]))
+        for kind in kinds:
+            if kind <= 2:
+                seg = next(speech).astype(np.float64)
+                seg = D.mix_at_snr(seg, D.noise("pink", len(seg), rng), rng.uniform(5, 25))
+            elif kind == 3:
+                seg = D.noise(str(rng.choice(["white", "pink", "brown"])), int(rng.uniform(1, 6) * SAMPLE_RATE), rng)
+                seg *= 10 ** rng.uniform(1.0, 3.5)
+            else:
+                seg = D.noise("white", int(rng.uniform(1, 4) * SAMPLE_RATE), rng) * 20  # near silence
+            seg = D.to_int16(seg)
+            total += len(seg) // FRAME_SAMPLES * FRAME_SAMPLES
+            yield seg
+            if total >= want:
+                return
 
 
 def testset_dir(cache: Path, seed: int, hours: float, n_pos: int, wakeword: str) -> Path:
     """Where the test set of these parameters is cached."""
-    return cache / f"kws_testset-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
+    return cache / f"kws_testset-v2-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
 
 
 def build_testset(cache: Path, wakeword: str, hours: float, n_pos: int, seed: int) -> Path:
