@@ -40,12 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the wake-word engine over a 16 kHz mono WAV or FLAC file (or raw int16 PCM on"
         " stdin with FILE '-') and print each detection with its time and score.")
     det.add_argument("file", help="audio file, or - for raw 16 kHz int16 PCM on stdin (arecord)")
-    det.add_argument("--backbone", type=Path, required=True, help="backbone .onnx")
-    det.add_argument("--head", type=Path, required=True, help="head .npz")
-    det.add_argument("--threshold", type=float, default=0.5, help="score to fire at (default 0.5)")
-    det.add_argument("--patience", type=int, default=2, help="frames at or above it in a row (default 2)")
-    det.add_argument("--refractory", type=float, default=2.0, help="seconds of quiet after a detection")
-    det.add_argument("--wakeword-id", default="hey_snips")
+    _model_options(det)
+    det.add_argument("--wakeword-id", default=None, help="id in Hermes messages (default: the model's wake word)")
     det.add_argument("--hermes", default=None, metavar="URL",
                      help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
     det.add_argument("--json", action="store_true", help="one JSON object per detection")
@@ -56,15 +52,49 @@ def build_parser() -> argparse.ArgumentParser:
         " print the false rejection rate at 0.1, 0.5 and 1 false accepts per hour with the threshold"
         " that reaches each, and the false accepts per hour at --threshold.")
     ev.add_argument("dir", type=Path, help="folder with positive/ and negative/ subfolders of .wav/.flac files")
-    ev.add_argument("--backbone", type=Path, required=True, help="backbone .onnx")
-    ev.add_argument("--head", type=Path, required=True, help="head .npz")
-    # the detector's settings default as in detect, so a threshold read here means the same there
-    ev.add_argument("--threshold", type=float, default=0.5,
-                    help="the score to report false accepts at (default 0.5, as detect)")
-    ev.add_argument("--patience", type=int, default=2, help="frames at or above it in a row (default 2, as detect)")
-    ev.add_argument("--refractory", type=float, default=2.0, help="seconds of quiet after a detection (as detect)")
+    _model_options(ev)
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     return parser
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The model and detector options `detect` and `eval` share."""
+    from .kws.model import default_model_dir
+
+    p.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help=f"model directory with backbone.onnx, head.npz and card.json (default: the shipped"
+                   f" hey snips model, {default_model_dir()}; hey jarvis is in {default_model_dir('hey_jarvis')})")
+    p.add_argument("--backbone", type=Path, default=None, help="a backbone .onnx outside a model directory")
+    p.add_argument("--head", type=Path, default=None, help="a head .npz outside a model directory (with --backbone)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="score to fire at (default: the model card's operating point, 0.5 FA/h on held-out"
+                   " voices; 0.5 without a card)")
+    p.add_argument("--patience", type=int, default=1,
+                   help="frames at or above the threshold in a row (default 1, as the card's threshold was measured)")
+    p.add_argument("--refractory", type=float, default=2.0, help="seconds of quiet after a detection (default 2)")
+
+
+def _engine(args: argparse.Namespace):
+    """(Engine, wake word id, threshold) from --model or --backbone/--head."""
+    from .errors import AssistantError
+    from .kws.backbone import Backbone
+    from .kws.detector import Detector
+    from .kws.engine import Engine
+    from .kws.head import Head
+    from .kws.model import default_model_dir, load_model
+
+    if (args.backbone is None) != (args.head is None):
+        raise AssistantError("--backbone and --head go together")
+    if args.backbone is not None:
+        if args.model is not None:
+            raise AssistantError("give either --model or --backbone/--head, not both")
+        threshold = 0.5 if args.threshold is None else args.threshold
+        engine = Engine(Backbone(args.backbone), Head.load(args.head),
+                        Detector(threshold, args.patience, args.refractory))
+        return engine, "hey_snips", threshold
+    model = load_model(args.model or default_model_dir())
+    engine = model.engine(args.threshold, args.patience, args.refractory)
+    return engine, model.wakeword.replace(" ", "_"), engine.detector.threshold
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +125,10 @@ def _detect(args: argparse.Namespace) -> int:
 
     from .audio import file_frames, stdin_frames
     from .errors import AssistantError
-    from .kws.backbone import Backbone
-    from .kws.detector import Detector
-    from .kws.engine import Engine
-    from .kws.head import Head
 
     try:
-        engine = Engine(Backbone(args.backbone), Head.load(args.head),
-                        Detector(args.threshold, args.patience, args.refractory))
+        engine, wakeword_id, _ = _engine(args)
+        wakeword_id = args.wakeword_id or wakeword_id
         source = stdin_frames() if args.file == "-" else file_frames(Path(args.file))
         hermes = None
         if args.hermes:
@@ -119,12 +145,12 @@ def _detect(args: argparse.Namespace) -> int:
             count += 1
             d = step.detection
             if args.json:
-                print(json.dumps({"wakeword_id": args.wakeword_id, "time_s": round(d.time_s, 3),
+                print(json.dumps({"wakeword_id": wakeword_id, "time_s": round(d.time_s, 3),
                                   "score": round(d.score, 4)}), flush=True)
             else:
-                print(f"{d.time_s:8.2f} s  {args.wakeword_id}  score {d.score:.3f}", flush=True)
+                print(f"{d.time_s:8.2f} s  {wakeword_id}  score {d.score:.3f}", flush=True)
             if hermes is not None:
-                hermes.detected(args.wakeword_id, d.score, d.time_s)
+                hermes.detected(wakeword_id, d.score, d.time_s)
         if hermes is not None:
             hermes.close()
         if not args.json:
@@ -139,10 +165,6 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from .errors import AssistantError
-    from .kws.backbone import Backbone
-    from .kws.detector import Detector
-    from .kws.engine import Engine
-    from .kws.head import Head
     from .kws.owner_eval import evaluate_recordings, render_table
 
     def progress(done: int, total: int) -> None:
@@ -151,9 +173,8 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"eval: {done}/{total} recordings scored", file=sys.stderr, flush=True)
 
     try:
-        engine = Engine(Backbone(args.backbone), Head.load(args.head),
-                        Detector(args.threshold, args.patience, args.refractory))
-        result = evaluate_recordings(args.dir, engine, args.threshold, args.patience, args.refractory, progress)
+        engine, _, threshold = _engine(args)
+        result = evaluate_recordings(args.dir, engine, threshold, args.patience, args.refractory, progress)
     except (AssistantError, ValueError) as exc:
         print(f"assistant: error: {exc}", file=sys.stderr)
         return 1

@@ -63,7 +63,7 @@ def test_eval_reports_frr_at_budgets_and_false_accepts_at_the_threshold(owner):
     res = json.loads(out.stdout)
     assert res["positives"] == 3 and res["negative_files"] == 20
     assert res["negative_hours"] == pytest.approx(60 / 3600)
-    assert (res["threshold"], res["patience"], res["refractory_s"]) == (0.5, 2, 2.0)  # detect's defaults
+    assert (res["threshold"], res["patience"], res["refractory_s"]) == (0.5, 1, 2.0)  # detect's defaults without a card
     # at 0.5 the negative burst fires once in 60 s, both loud positives fire, the faint one does not
     assert res["fa_per_hour_at_threshold"] == pytest.approx(60.0)
     assert res["frr_at_threshold"] == 0.3333

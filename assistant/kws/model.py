@@ -1,0 +1,76 @@
+"""A shipped wake-word model: a directory with backbone.onnx, head.npz and card.json.
+
+The card records each file's SHA-256 and the operating threshold measured for it (0.5 false
+accepts per hour on the held-out evaluation); loading checks both, so a corrupt or swapped file
+is refused before it can listen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+from .backbone import Backbone, sha256_file
+from .detector import Detector
+from .engine import Engine
+from .head import Head
+
+#: Where the project's own models live in a source checkout or an editable install.
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_WAKEWORD = "hey_snips"
+
+
+def default_model_dir(wakeword_id: str = DEFAULT_WAKEWORD) -> Path:
+    """The shipped model for a wake word ("hey_snips", "hey_jarvis")."""
+    return SHIPPED / wakeword_id
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model directory whose files matched its card."""
+
+    directory: Path
+    wakeword: str
+    threshold: float | None  # the card's operating point (probability), None if never evaluated
+    card: dict
+
+    @property
+    def backbone(self) -> Path:
+        return self.directory / "backbone.onnx"
+
+    @property
+    def head(self) -> Path:
+        return self.directory / "head.npz"
+
+    def engine(self, threshold: float | None = None, patience: int = 1, refractory_s: float = 2.0) -> Engine:
+        """An Engine on these files; the threshold defaults to the card's operating point."""
+        th = threshold if threshold is not None else (self.threshold if self.threshold is not None else 0.5)
+        return Engine(Backbone(self.backbone), Head.load(self.head), Detector(th, patience, refractory_s))
+
+
+def load_model(directory: Path) -> ModelFiles:
+    """Check a model directory against its card. ModelError names the file that is wrong."""
+    directory = Path(directory)
+    card_path = directory / "card.json"
+    if not card_path.is_file():
+        raise ModelError(f"{directory}: no card.json (not a model directory; train one with python -m models.train"
+                         " and write its card with python -m models.card)")
+    try:
+        card = json.loads(card_path.read_text())
+        files = card["files"]
+        wakeword = str(card["wakeword"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
+    for name in ("backbone.onnx", "head.npz"):
+        path = directory / name
+        if not path.is_file():
+            raise ModelError(f"{path}: missing")
+        want = files.get(name, {}).get("sha256")
+        if want != sha256_file(path):
+            raise ModelError(f"{path}: SHA-256 does not match its card (corrupt or replaced file)")
+    threshold = card.get("threshold")
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
+        raise ModelError(f"{card_path}: threshold {threshold} is not a probability in (0, 1)")
+    return ModelFiles(directory, wakeword, None if threshold is None else float(threshold), card)
