@@ -103,7 +103,7 @@ def positives(wakeword: str, n: int, seed: int) -> tuple[np.ndarray, list[tuple[
 
 
 def negatives(wakeword: str, hours: float, seed: int):
-    """Yield int16 segments totalling `hours`: held-out voices speaking evaluation-only sentences
+    """Yield (int16 segment, kind) totalling `hours`: held-out voices speaking evaluation-only sentences
     (never synthesised in training), random word sequences and confusable phrases; noise; near
     silence. Synthesised 200 segments at a time (festival is batched)."""
     from models import data as D
@@ -113,6 +113,7 @@ def negatives(wakeword: str, hours: float, seed: int):
     total, want = 0, int(hours * 3600 * SAMPLE_RATE)
     texts = {0: lambda: str(rng.choice(D.TEST_SENTENCES)), 1: lambda: D.word_sequence(rng),
              2: lambda: str(rng.choice(D.CONFUSABLE[wakeword]))}
+    names = ("sentence", "words", "confusable", "noise", "silence")
     while total < want:  # counted in whole 80 ms frames, as they are scored
         kinds = rng.integers(5, size=200)
         speech = iter(D.synthesize_many([_voice_specs(rng, test, 1, texts[int(k)])[0] for k in kinds if k <= 2]))
@@ -127,19 +128,20 @@ def negatives(wakeword: str, hours: float, seed: int):
                 seg = D.noise("white", int(rng.uniform(1, 4) * SAMPLE_RATE), rng) * 20  # near silence
             seg = D.to_int16(seg)
             total += len(seg) // FRAME_SAMPLES * FRAME_SAMPLES
-            yield seg
+            yield seg, names[int(kind)]
             if total >= want:
                 return
 
 
 def testset_dir(cache: Path, seed: int, hours: float, n_pos: int, wakeword: str) -> Path:
     """Where the test set of these parameters is cached."""
-    return cache / f"kws_testset-v2-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
+    return cache / f"kws_testset-v3-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
 
 
 def build_testset(cache: Path, wakeword: str, hours: float, n_pos: int, seed: int) -> Path:
     """The cached test set's directory, built first if absent: positives.i16 (one stream), negatives.i16
-    (whole frames of every segment, as they are scored), testset.json (keyword spans and counts)."""
+    (whole frames of every segment, as they are scored), testset.json (keyword spans, counts, and each
+    negative segment's frames and kind)."""
     final = testset_dir(cache, seed, hours, n_pos, wakeword)
     if (final / META_FILE).exists():
         print(f"{wakeword}: reusing the test set in {final}", file=sys.stderr, flush=True)
@@ -151,19 +153,20 @@ def build_testset(cache: Path, wakeword: str, hours: float, n_pos: int, seed: in
     pos, spans = positives(wakeword, n_pos, seed)
     pos.astype("<i2").tofile(tmp / POSITIVES_FILE)
     want = int(hours * 3600 * SAMPLE_RATE)
-    frames, shown = 0, 0
+    frames, shown, segments = 0, 0, []
     with open(tmp / NEGATIVES_FILE, "wb") as f:
-        for seg in negatives(wakeword, hours, seed + 1):
+        for seg, kind in negatives(wakeword, hours, seed + 1):
             whole = seg[: len(seg) // FRAME_SAMPLES * FRAME_SAMPLES]
             f.write(whole.astype("<i2").tobytes())
             frames += len(whole) // FRAME_SAMPLES
+            segments.append((len(whole) // FRAME_SAMPLES, kind))
             pct = min(100, 100 * frames * FRAME_SAMPLES // max(want, 1))
             if pct >= shown + 10:
                 shown = pct - pct % 10
                 print(f"{wakeword}: negatives {shown}% synthesised", file=sys.stderr, flush=True)
     meta = {"wakeword": wakeword, "seed": seed, "negative_hours_asked": hours, "positives": n_pos,
             "positive_samples": len(pos), "negative_frames": frames, "sample_rate": SAMPLE_RATE,
-            "spans_s": [list(s) for s in spans]}
+            "spans_s": [list(s) for s in spans], "segments": [[n, k] for n, k in segments]}
     (tmp / META_FILE).write_text(json.dumps(meta) + "\n")  # written last: its presence means complete
     try:
         tmp.rename(final)
@@ -233,6 +236,18 @@ def score_file(score, reset, path: Path, label: str = "") -> tuple[np.ndarray, f
     return out, cpu
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM belongs to the process's own address space; ru_maxrss would
+    also count the parent's RSS at fork time (Linux carries it across exec), i.e. the test set."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def run_engine(spec: EngineSpec, testset: str, cache: str, q) -> None:
     """The body of an engine's process: score the cached test set and put the raw scores on q."""
     try:
@@ -243,7 +258,7 @@ def run_engine(spec: EngineSpec, testset: str, cache: str, q) -> None:
             return
         pos, _ = score_file(score, reset, Path(testset) / POSITIVES_FILE)
         neg, cpu = score_file(score, reset, Path(testset) / NEGATIVES_FILE, label=spec.name)
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        rss_mb = peak_rss_mb()
         q.put({"name": spec.name, "positive_scores": pos, "negative_scores": neg, "cpu_s": cpu,
                "peak_rss_mb": rss_mb})
     except Exception:
@@ -273,8 +288,10 @@ def spawn_engine(ctx, spec: EngineSpec, testset: Path, cache: Path) -> dict:
 # -- figures -----------------------------------------------------------------------------------
 
 
-def figures(msg: dict, spans: list[tuple[float, float]]) -> dict:
-    """An engine's figures from its scores (the same definitions as `assistant eval`)."""
+def figures(msg: dict, spans: list[tuple[float, float]], segments: list | None = None) -> dict:
+    """An engine's figures from its scores (the same definitions as `assistant eval`). With the
+    negative segments' kinds, also FRR at 0.5 FA/h counting only the non-confusable negatives
+    (ordinary speech, noise, silence): how an engine does when nobody says a near-miss phrase."""
     pos, neg = msg["positive_scores"], msg["negative_scores"]
     frames = len(neg)
     neg_hours = frames * FRAME_S / 3600
@@ -289,6 +306,15 @@ def figures(msg: dict, spans: list[tuple[float, float]]) -> dict:
     lat = sweep.latency_p95_s
     out["latency_p95_ms"] = round(1000 * lat, 1) if lat is not None else None
     out["logit_threshold_at_0.5"] = round(sweep.at(0.5).point.threshold, 4)
+    out["threshold_at_0.5"] = float(1 / (1 + np.exp(-out["logit_threshold_at_0.5"])))
+    if segments:
+        kinds = np.repeat([k for _, k in segments], [n for n, _ in segments])[:frames]
+        ordinary = kinds != "confusable"
+        # confusable frames never fire (NaN) and do not count towards the hours
+        masked = np.where(ordinary, neg, np.nan)
+        plain = sweep_thresholds(pos, spans, masked, ordinary.sum() * FRAME_S / 3600, budgets=(0.5,), grid=LOGIT_GRID)
+        out["frr_at_0.5_without_confusables"] = round(plain.at(0.5).point.frr, 4)
+        out["confusable_hours"] = round(float((~ordinary).sum() * FRAME_S / 3600), 3)
     return out
 
 
@@ -327,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     testsets = {w: build_testset(args.cache, w, args.negative_hours, args.positives, args.seed)
                 for w in dict.fromkeys(s.wakeword for s in specs)}
-    spans = {w: [tuple(x) for x in json.loads((d / META_FILE).read_text())["spans_s"]] for w, d in testsets.items()}
+    metas = {w: json.loads((d / META_FILE).read_text()) for w, d in testsets.items()}
+    spans = {w: [tuple(x) for x in m["spans_s"]] for w, m in metas.items()}
 
     ctx = mp.get_context("spawn")
     results, failed = {}, False
@@ -342,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             print(f"{spec.name}: failed:\n{msg['error']}", file=sys.stderr, flush=True)
             continue
-        results[spec.name] = figures(msg, spans[spec.wakeword])
+        results[spec.name] = figures(msg, spans[spec.wakeword], metas[spec.wakeword].get("segments"))
         print(f"{spec.name}: FRR@0.5FA/h {results[spec.name]['frr_at_0.5']}, "
               f"{results[spec.name]['cpu_ms_per_frame']} ms/frame", file=sys.stderr, flush=True)
     if failed:
@@ -356,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"negative_hours": first["negative_hours"], "positives": first["positives"], "det_plot": str(args.plot),
            "missing": missing, "missing_reasons": {n: reasons[n] for n in missing},
            "engines": {k: {m: v[m] for m in ("frr_at_0.1", "frr_at_0.5", "frr_at_1.0", "cpu_ms_per_frame",
-                                              "peak_rss_mb", "latency_p95_ms")} for k, v in results.items()}}
+                                              "peak_rss_mb", "latency_p95_ms", "threshold_at_0.5",
+                                              "frr_at_0.5_without_confusables", "confusable_hours") if m in v}
+                       for k, v in results.items()}}
     print(json.dumps(out))
     return 0
 

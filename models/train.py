@@ -222,7 +222,7 @@ def train(x: np.ndarray, y: np.ndarray, out: Path, epochs: int, resume: bool, se
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         torch.save({"backbone": backbone.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                     "epoch": epoch + 1}, ckpt)
         log(f"epoch {epoch + 1}/{epochs}: loss {total / len(perm):.4f} ({time.time() - t0:.0f} s)")

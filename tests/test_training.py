@@ -89,12 +89,16 @@ def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
         e = res["engines"][name]
         assert all(0.0 <= e[f"frr_at_{b}"] <= 1.0 for b in (0.1, 0.5, 1.0))
         assert 0 < e["cpu_ms_per_frame"] < 50 and 10 < e["peak_rss_mb"] < 2000
+        assert 0.0 <= e["frr_at_0.5_without_confusables"] <= 1.0
+        assert 0.0 < e["confusable_hours"] < res["negative_hours"] and 0.0 < e["threshold_at_0.5"] < 1.0
     assert (tmp_path / "det.png").stat().st_size > 1000
     assert "100% of the negatives scored" in log
     for word in ("hey_snips", "hey_jarvis"):  # one test set per wake word, as raw int16 and spans
-        d = tmp_path / "cache" / f"kws_testset-v2-2026-0.02-6-{word}"
+        d = tmp_path / "cache" / f"kws_testset-v3-2026-0.02-6-{word}"
         meta = json.loads((d / "testset.json").read_text())
         assert len(meta["spans_s"]) == 6 and (d / "negatives.i16").stat().st_size == meta["negative_frames"] * 2560
+        assert sum(n for n, _ in meta["segments"]) == meta["negative_frames"]
+        assert {k for _, k in meta["segments"]} <= {"sentence", "words", "confusable", "noise", "silence"}
     again, log = kws_eval("ours_hey_snips")
     assert "hey snips: reusing the test set" in log and "building" not in log
     assert again["engines"]["ours_hey_snips"]["frr_at_0.5"] == res["engines"]["ours_hey_snips"]["frr_at_0.5"]
