@@ -15,3 +15,7 @@ class ModelError(AssistantError):
 
 class RecordingsError(AssistantError):
     """A folder of labelled recordings not laid out as expected: the message names the path and the layout."""
+
+
+class StoreError(AssistantError):
+    """The device store cannot do what was asked: the message names the path, the row or the setting."""
