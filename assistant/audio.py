@@ -7,8 +7,9 @@ so a detection, a near miss or a "you missed me" can save the clip that led to i
 from __future__ import annotations
 
 import sys
+import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,6 +108,18 @@ def stdin_frames(stream: BinaryIO | None = None) -> Iterator[np.ndarray]:
         if len(buf) % 2:
             buf = buf[:-1]
         yield next(frames(np.frombuffer(buf, "<i2")))
+
+
+def paced(source: Iterable[np.ndarray], clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> Iterator[np.ndarray]:
+    """The frames of `source` at real time, one per FRAME_MS, so a file can stand in for a microphone.
+    A late frame is not made up for by skipping: every frame is yielded."""
+    start = clock()
+    for i, frame in enumerate(source):
+        delay = start + i * FRAME_MS / 1000 - clock()
+        if delay > 0:
+            sleep(delay)
+        yield frame
 
 
 def microphone_frames(device: str | int | None = None) -> Iterator[np.ndarray]:

@@ -54,7 +54,59 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("dir", type=Path, help="folder with positive/ and negative/ subfolders of .wav/.flac files")
     _model_options(ev)
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    _run_parser(sub)
+    _tui_parser(sub)
     return parser
+
+
+def _run_parser(sub) -> None:
+    """`assistant run`: the device service."""
+    from .kws.model import default_model_dir
+
+    run = sub.add_parser(
+        "run", help="listen for the wake word and keep what it hears in the device store",
+        description="The device service: listen (microphone, a file, or raw PCM on stdin), save each detection"
+        " and near miss with its clip and embeddings in the device store, publish detections to a local Hermes"
+        " bus if asked, and answer `assistant tui` on the control socket. Ctrl-C or SIGTERM stops it cleanly.")
+    run.add_argument("--input", default=None, metavar="FILE|-",
+                     help="a 16 kHz mono WAV/FLAC file, or - for raw 16 kHz int16 PCM on stdin (default: the"
+                     " microphone)")
+    run.add_argument("--device", default=None,
+                     help="microphone: PortAudio device name or number (list them with `python -m sounddevice`)")
+    run.add_argument("--realtime", action="store_true",
+                     help="pace file input at real time, as a microphone would (so the TUI can interact);"
+                     " default: as fast as possible")
+    run.add_argument("--store", type=Path, default=None, metavar="DIR",
+                     help="the device store (default: $XDG_DATA_HOME/assistant, else ~/.local/share/assistant)")
+    run.add_argument("--model", type=Path, default=None, metavar="DIR",
+                     help=f"model directory with backbone.onnx, head.npz and card.json (default: the shipped"
+                     f" model, {default_model_dir()})")
+    run.add_argument("--threshold", type=float, default=None,
+                     help="score to fire at (default: the model card's operating point)")
+    run.add_argument("--pre-roll", type=float, default=2.0, metavar="SECONDS",
+                     help="audio saved before each detection or near miss (default 2)")
+    run.add_argument("--hermes", default=None, metavar="URL",
+                     help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
+    run.add_argument("--control", type=Path, default=None, metavar="PATH",
+                     help="the control socket `assistant tui` talks to (default: DIR/control.sock in the store)")
+
+
+def _tui_parser(sub) -> None:
+    """`assistant tui`: the owner's labelling and status UI."""
+    tui = sub.add_parser(
+        "tui", help="review, label and play what the device saved; status and settings",
+        description="A terminal UI over the device store (keyboard only, fits 80x24 over SSH): the review queue"
+        " with single-key labels (y right, n false alarm, m missed, u unsure), bulk labels and undo; playing a"
+        " clip; \"you missed me\" (!) through the running service; model, accuracy, privacy budget and clerk"
+        " status; privacy and retention settings.")
+    tui.add_argument("--store", type=Path, default=None, metavar="DIR",
+                     help="the device store (default: the one `assistant run` uses, $XDG_DATA_HOME/assistant,"
+                     " else ~/.local/share/assistant)")
+    tui.add_argument("--control", type=Path, default=None, metavar="PATH",
+                     help="the control socket of `assistant run` (default: DIR/control.sock in the store)")
+    tui.add_argument("--model", type=Path, default=None, metavar="DIR",
+                     help="the model that rescores a clip for its score-over-time plot (default: the shipped"
+                     " model; without one, only the stored score is shown)")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -116,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return _detect(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "tui":
+        return _tui(args)
     build_parser().print_help()
     return 2
 
@@ -180,6 +236,68 @@ def _eval(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result.as_json()) if args.json else render_table(result))
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import signal
+    import time
+
+    from .audio import FRAME_MS, file_frames, microphone_frames, paced, stdin_frames
+    from .errors import AssistantError
+    from .kws.model import default_model_dir
+    from .service import ServiceConfig, default_store_dir, serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="assistant: %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop: the same clean exit as Ctrl-C
+
+    def heard(h) -> None:
+        print(f"{time.strftime('%H:%M:%S', time.localtime(h.time_s))}  {h.stream_s:8.2f} s  {h.wakeword}"
+              f"  score {h.score:.3f}", flush=True)
+
+    try:
+        if args.input is None:
+            device = int(args.device) if args.device and args.device.isdigit() else args.device
+            frames, source = microphone_frames(device), f"microphone {device}" if device else "microphone"
+        elif args.input == "-":
+            frames, source = stdin_frames(), "stdin"
+        else:
+            frames, source = file_frames(Path(args.input)), f"file {args.input}"
+        if args.realtime and args.input is not None:
+            frames, source = paced(frames), f"{source} (real time)"
+        config = ServiceConfig(args.model or default_model_dir(), threshold=args.threshold,
+                               pre_roll_s=args.pre_roll, source=source)
+        summary = serve(config, args.store or default_store_dir(os.environ), frames, args.control, args.hermes,
+                        heard)
+    except AssistantError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down: the store is crash-safe anyway
+        return 130
+    s = "" if summary.detections == 1 else "s"
+    print(f"summary: {summary.frames} frames ({summary.frames * FRAME_MS / 1000:.1f} s of audio), {summary.detections}"
+          f" detection{s}, {summary.near_misses} near miss{'' if summary.near_misses == 1 else 'es'}", flush=True)
+    return 0
+
+
+def _tui(args: argparse.Namespace) -> int:
+    """Fill in the defaults `assistant run` uses, then become `python -m tui` (exec: `assistant` never
+    imports `tui`; the UI depends on the device, not the other way round)."""
+    import os
+
+    from .control import default_control_path
+    from .kws.model import default_model_dir
+    from .service import default_store_dir
+
+    store_dir = args.store or default_store_dir(os.environ)
+    argv = [sys.executable, "-m", "tui", "--store", str(store_dir),
+            "--control", str(args.control or default_control_path(store_dir)),
+            "--model", str(args.model or default_model_dir())]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached: execv returns only by raising
 
 
 if __name__ == "__main__":

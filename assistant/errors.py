@@ -19,3 +19,8 @@ class RecordingsError(AssistantError):
 
 class StoreError(AssistantError):
     """The device store cannot do what was asked: the message names the path, the row or the setting."""
+
+
+class ControlError(AssistantError):
+    """The control channel between `assistant run` and `assistant tui` failed: the message names the socket
+    and the fix."""

@@ -44,6 +44,13 @@ class ModelFiles:
     def head(self) -> Path:
         return self.directory / "head.npz"
 
+    @property
+    def version(self) -> str:
+        """A short name for exactly these files: the first 8 hex digits of the backbone's and the head's
+        SHA-256 from the card (which `load_model` checked), "backbone+head"."""
+        files = self.card["files"]
+        return f"{files['backbone.onnx']['sha256'][:8]}+{files['head.npz']['sha256'][:8]}"
+
     def engine(self, threshold: float | None = None, patience: int = 1, refractory_s: float = 2.0) -> Engine:
         """An Engine on these files; the threshold defaults to the card's operating point."""
         th = threshold if threshold is not None else (self.threshold if self.threshold is not None else 0.5)
