@@ -135,7 +135,7 @@ def negatives(wakeword: str, hours: float, seed: int):
 
 def testset_dir(cache: Path, seed: int, hours: float, n_pos: int, wakeword: str) -> Path:
     """Where the test set of these parameters is cached."""
-    return cache / f"kws_testset-v3-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
+    return cache / f"kws_testset-v4-{seed}-{hours:g}-{n_pos}-{wakeword.replace(' ', '_')}"
 
 
 def build_testset(cache: Path, wakeword: str, hours: float, n_pos: int, seed: int) -> Path:

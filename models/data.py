@@ -196,9 +196,12 @@ def _wav(data: bytes) -> np.ndarray:
     return resample(x, rate, SAMPLE_RATE).astype(np.int16)
 
 
-def _pitch_factor(pitch: int) -> float:
-    """espeak's pitch 0..99 (50 neutral) as a resampling factor for engines without a pitch knob."""
-    return 2 ** ((pitch - 50) / 150)
+def _tract_factor(pitch: int) -> float:
+    """For the recorded voices (a handful of speakers, mostly male), espeak's pitch 0..99 as a
+    resampling factor that scales pitch and formants together, as a shorter or longer vocal tract
+    would: 0.89 at pitch 20 up to 1.26 at 80, so a male recording can also sound like a smaller
+    speaker. Duration is stretched first by the same factor, so speed is kept."""
+    return 2 ** ((pitch - 40) / 120)
 
 
 def synthesize(text: str, voice: Voice, pitch: int = 50, speed: int = 160) -> np.ndarray:
@@ -208,10 +211,12 @@ def synthesize(text: str, voice: Voice, pitch: int = 50, speed: int = 160) -> np
     if voice.engine == "flite":
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "x.wav"
-            subprocess.run(["flite", "-voice", voice.variant, "--setf", f"duration_stretch={160 / speed:.3f}",
-                            "--setf", f"int_f0_target_mean={60 + 2 * pitch}", "-t", text, "-o", str(path)],
+            f = _tract_factor(pitch)
+            # the final F0 after resampling by f is 60 + 2 * pitch Hz (100..220)
+            subprocess.run(["flite", "-voice", voice.variant, "--setf", f"duration_stretch={160 / speed * f:.3f}",
+                            "--setf", f"int_f0_target_mean={(60 + 2 * pitch) / f:.1f}", "-t", text, "-o", str(path)],
                            capture_output=True, check=True)
-            return _wav(path.read_bytes())
+            return change_speed(_wav(path.read_bytes()), f).astype(np.int16)
     out = subprocess.run(["espeak-ng", "-v", voice.name, "-p", str(pitch), "-s", str(speed), "--stdout", text],
                          capture_output=True, check=True).stdout
     return _wav(out)
@@ -219,8 +224,7 @@ def synthesize(text: str, voice: Voice, pitch: int = 50, speed: int = 160) -> np
 
 def synthesize_many(requests: list[tuple[str, Voice, int, int]]) -> list[np.ndarray]:
     """synthesize() for many (text, voice, pitch, speed) at once: festival requests are batched
-    into one festival process (it takes ~0.2 s to start), pitch by resampling after a duration
-    stretch that keeps the speed."""
+    into one festival process (it takes ~0.2 s to start); pitch as _tract_factor."""
     out: list[np.ndarray | None] = [None] * len(requests)
     fest = [i for i, r in enumerate(requests) if r[1].engine == "festival"]
     for i, (text, voice, pitch, speed) in enumerate(requests):
@@ -231,7 +235,7 @@ def synthesize_many(requests: list[tuple[str, Voice, int, int]]) -> list[np.ndar
             lines = []
             for i in fest:
                 text, voice, pitch, speed = requests[i]
-                stretch = 160 / speed * _pitch_factor(pitch)
+                stretch = 160 / speed * _tract_factor(pitch)
                 quoted = text.replace("\\", " ").replace('"', " ")
                 # Diphone voices take Duration_Stretch; HTS voices ignore it and take hts_engine's -r rate.
                 rate = (f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {1 / stretch:.3f}))))'
@@ -243,7 +247,7 @@ def synthesize_many(requests: list[tuple[str, Voice, int, int]]) -> list[np.ndar
             subprocess.run(["festival", "-b", str(script)], capture_output=True, check=True)
             for i in fest:
                 x = _wav((Path(d) / f"{i}.wav").read_bytes())
-                out[i] = change_speed(x, _pitch_factor(requests[i][2])).astype(np.int16)
+                out[i] = change_speed(x, _tract_factor(requests[i][2])).astype(np.int16)
     return out  # type: ignore[return-value]
 
 

@@ -94,7 +94,7 @@ def test_evaluation_harness_runs_end_to_end_on_tiny_models(tiny, tmp_path):
     assert (tmp_path / "det.png").stat().st_size > 1000
     assert "100% of the negatives scored" in log
     for word in ("hey_snips", "hey_jarvis"):  # one test set per wake word, as raw int16 and spans
-        d = tmp_path / "cache" / f"kws_testset-v3-2026-0.02-6-{word}"
+        d = tmp_path / "cache" / f"kws_testset-v4-2026-0.02-6-{word}"
         meta = json.loads((d / "testset.json").read_text())
         assert len(meta["spans_s"]) == 6 and (d / "negatives.i16").stat().st_size == meta["negative_frames"] * 2560
         assert sum(n for n, _ in meta["segments"]) == meta["negative_frames"]
