@@ -151,6 +151,13 @@ def _engine(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `assistant` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tui"]:
+        # Straight to the UI: the other subcommands' help texts import the model code, a fifth of a second
+        # the UI's start would wait for.
+        parser = argparse.ArgumentParser(prog="assistant")
+        _tui_parser(parser.add_subparsers(dest="command"))
+        return _tui(parser.parse_args(argv))
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from sda.cli import main as sda_main
@@ -282,18 +289,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tui(args: argparse.Namespace) -> int:
-    """Fill in the defaults `assistant run` uses, then become `python -m tui` (exec: `assistant` never
-    imports `tui`; the UI depends on the device, not the other way round)."""
+    """Become `python -m tui` with the options given (exec: `assistant` never imports `tui`, the UI depends on
+    the device and not the other way round). `tui` fills in the defaults of `assistant run` itself, so this
+    process imports nothing heavy before it is replaced."""
     import os
 
-    from .control import default_control_path
-    from .kws.model import default_model_dir
-    from .service import default_store_dir
-
-    store_dir = args.store or default_store_dir(os.environ)
-    argv = [sys.executable, "-m", "tui", "--store", str(store_dir),
-            "--control", str(args.control or default_control_path(store_dir)),
-            "--model", str(args.model or default_model_dir())]
+    argv = [sys.executable, "-m", "tui"]
+    for option, value in (("--store", args.store), ("--control", args.control), ("--model", args.model)):
+        if value is not None:
+            argv += [option, str(value)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

@@ -1,1 +1,2 @@
-"""The Textual labelling UI; it talks to the device only through `assistant`'s store API."""
+"""`assistant tui`: the owner's Textual UI. It imports `assistant` (the store and the control channel) and
+nothing imports it; `assistant tui` execs `python -m tui`."""

@@ -1,9 +1,22 @@
 """The device store (issue 6): detections, near misses and "you missed me" clips with their
-embeddings, the owner's labels, settings and retention, in SQLite beside a directory of WAV clips."""
+embeddings, the owner's labels, settings and retention, the privacy ledger of learning rounds and the
+clerk's standing, in SQLite beside a directory of WAV clips."""
 
-from .rows import Kind, Label, LabelChange, Record, RetentionReport, Settings, Stats
+from .rows import (
+    ClerkJob,
+    ClerkStatus,
+    Kind,
+    Label,
+    LabelChange,
+    LearningRound,
+    Record,
+    RetentionReport,
+    RoundStatus,
+    Settings,
+    Stats,
+)
 from .schema import SCHEMA_VERSION
 from .store import Store
 
-__all__ = ["SCHEMA_VERSION", "Kind", "Label", "LabelChange", "Record", "RetentionReport", "Settings", "Stats",
-           "Store"]
+__all__ = ["SCHEMA_VERSION", "ClerkJob", "ClerkStatus", "Kind", "Label", "LabelChange", "LearningRound", "Record",
+           "RetentionReport", "RoundStatus", "Settings", "Stats", "Store"]

@@ -103,14 +103,24 @@ class Settings:
     delete_rows_after_days: float | None = None  # None: rows (label, embeddings) outlive their clip
     near_miss_band: float = 0.3  # a near miss scores in [threshold - band, threshold)
     near_miss_daily_quota: int = 20  # near misses kept per local calendar day; 0 turns them off
+    capture_seconds: float = 4.0  # how much audio "you missed me" saves, ending now
+    learning_opt_in: bool = False  # take part in learning rounds (nothing leaves the device without it)
+    epsilon_budget: float = 8.0  # the differential-privacy epsilon all learning rounds together may spend
+    analytics_opt_in: bool = False  # send the daily usage counters, by secure aggregation
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value, whole = getattr(self, f.name), f.name.endswith(("_bytes", "_quota"))
+            if f.name.endswith("_opt_in"):
+                if not isinstance(value, bool):
+                    raise StoreError(f"setting {f.name}: got {value!r}; need true or false")
+                continue
             if value is None and f.name == "delete_rows_after_days":
                 continue
             if isinstance(value, bool) or not isinstance(value, int if whole else int | float) or value < 0:
                 raise StoreError(f"setting {f.name}: got {value!r}; need a {'whole ' * whole}number >= 0")
+        if self.capture_seconds == 0:
+            raise StoreError("setting capture_seconds: got 0; need a number > 0")
 
     @classmethod
     def from_json(cls, stored: dict[str, str]) -> Settings:
@@ -124,6 +134,45 @@ class Settings:
         if unknown := sorted(set(changes) - set(names)):
             raise StoreError(f"unknown setting(s) {unknown}; known: {names}")
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+class RoundStatus(StrEnum):
+    """How a learning round ended for this device."""
+
+    COMPLETED = "completed"  # its noisy update went into the aggregate
+    REFUSED = "refused"  # it stayed out: the round would have spent more than the budget left
+    FAILED = "failed"  # the round broke off after the device had sent its shares
+
+
+@dataclass(frozen=True)
+class LearningRound:
+    """One learning round this device took part in (or refused), with the privacy it spent."""
+
+    round_id: str  # the coordinator's id for the round
+    time_s: float
+    epsilon_spent: float  # 0 for a refused round
+    delta: float
+    status: RoundStatus
+    label_count: int  # labelled examples the device's gradient was computed over
+
+
+@dataclass(frozen=True)
+class ClerkJob:
+    """One aggregation this device served on as a clerk; `tokens` < 0 is a penalty."""
+
+    job_id: str  # the aggregation's id
+    time_s: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ClerkStatus:
+    """The device's clerk standing: whether the owner opted in, its stake, and its jobs so far."""
+
+    opted_in: bool
+    stake: int  # tokens
+    jobs_done: int
+    tokens_earned: int  # rewards less penalties, over all jobs
 
 
 def encode_embeddings(embeddings: np.ndarray | None) -> tuple[bytes | None, str | None]:

@@ -46,6 +46,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX label_history_batch ON label_history (batch)",
         "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    # 3: the privacy ledger of learning rounds, and the clerk's standing and jobs.
+    (
+        """CREATE TABLE learning_rounds (
+            round_id TEXT PRIMARY KEY,
+            time REAL NOT NULL,
+            epsilon_spent REAL NOT NULL CHECK (epsilon_spent >= 0),
+            delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
+            status TEXT NOT NULL CHECK (status IN ('completed', 'refused', 'failed')),
+            label_count INTEGER NOT NULL CHECK (label_count >= 0))""",
+        "CREATE INDEX learning_rounds_time ON learning_rounds (time)",
+        """CREATE TABLE clerk_status (
+            id INTEGER PRIMARY KEY CHECK (id = 1),  -- one row, once the owner has answered
+            opted_in INTEGER NOT NULL CHECK (opted_in IN (0, 1)),
+            stake INTEGER NOT NULL CHECK (stake >= 0),
+            updated_at REAL NOT NULL)""",
+        """CREATE TABLE clerk_jobs (
+            job_id TEXT PRIMARY KEY,
+            time REAL NOT NULL,
+            tokens INTEGER NOT NULL)  -- earned; negative for a penalty""",
+        "CREATE INDEX clerk_jobs_time ON clerk_jobs (time)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,5 +1,6 @@
 """The device store: saved moments with their clips and embeddings, the owner's labels (with undo),
-settings, retention, export and delete-everything, under one directory:
+settings, the privacy ledger of learning rounds, the clerk's standing and jobs, retention, export and
+delete-everything, under one directory:
 
     <root>/store.db (+ -wal, -shm)    SQLite in WAL mode, synchronous=FULL
     <root>/clips/*.wav                16 kHz mono int16
@@ -36,7 +37,20 @@ from ..audio import RingBuffer
 from ..errors import StoreError
 from .clips import PARTIAL_SUFFIX, clip_file, clip_name, is_abandoned, publish, write_partial
 from .policy import RowState, in_near_miss_band, local_day, plan_retention
-from .rows import Kind, Label, LabelChange, Record, RetentionReport, Settings, Stats, encode_embeddings
+from .rows import (
+    ClerkJob,
+    ClerkStatus,
+    Kind,
+    Label,
+    LabelChange,
+    LearningRound,
+    Record,
+    RetentionReport,
+    RoundStatus,
+    Settings,
+    Stats,
+    encode_embeddings,
+)
 from .schema import SCHEMA_VERSION, migrate
 
 # The columns of Record.from_row, in its order.
@@ -213,10 +227,17 @@ class Store(LockedDatabase):
 
     # --- what the UI reads ------------------------------------------------------------------------
 
-    def review_queue(self, unlabelled_only: bool = True, limit: int = 50, offset: int = 0) -> list[Record]:
-        """Rows newest first, for the owner to label."""
-        where = " WHERE l.label IS NULL" if unlabelled_only else ""
-        rows = self._q(_SELECT + where + " ORDER BY d.time DESC, d.id DESC LIMIT ? OFFSET ?", (limit, offset))
+    def review_queue(self, unlabelled_only: bool = True, limit: int = 50, offset: int = 0,
+                     before: tuple[float, int] | None = None) -> list[Record]:
+        """Rows newest first, for the owner to label. `before` (time_s, id) of a row starts the page just
+        after that row: unlike an offset, it stays put while rows are labelled or new ones arrive."""
+        where = ["l.label IS NULL"] if unlabelled_only else []
+        args: tuple = ()
+        if before is not None:
+            where.append("(d.time, d.id) < (?, ?)")
+            args = (float(before[0]), int(before[1]))
+        sql = _SELECT + "".join(f"{' WHERE' if k == 0 else ' AND'} {w}" for k, w in enumerate(where))
+        rows = self._q(sql + " ORDER BY d.time DESC, d.id DESC LIMIT ? OFFSET ?", (*args, limit, offset))
         return [Record.from_row(r) for r in rows]
 
     def count(self, unlabelled_only: bool = False) -> int:
@@ -238,6 +259,61 @@ class Store(LockedDatabase):
         counts = dict(self._q("SELECT l.label, COUNT(*) FROM detections d LEFT JOIN labels l"
                               " ON l.detection_id = d.id GROUP BY l.label"))
         return Stats(**{v.value: counts.get(v.value, 0) for v in Label}, unlabelled=counts.get(None, 0))
+
+    # --- learning rounds and the clerk (written by the federation client and the clerk) -----------
+
+    def record_learning_round(self, r: LearningRound) -> None:
+        """Add a round to the privacy ledger; StoreError for a round id already there (a round spends once)
+        or a value out of range."""
+        if r.status not in (known := [s.value for s in RoundStatus]):
+            raise StoreError(f"learning round {r.round_id!r}: status {r.status!r}; need one of {known}")
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO learning_rounds VALUES (?, ?, ?, ?, ?, ?)",
+                           (r.round_id, r.time_s, r.epsilon_spent, r.delta, str(r.status), r.label_count))
+        except sqlite3.IntegrityError as exc:  # the id is taken, or a CHECK (epsilon >= 0, 0 <= delta < 1) failed
+            raise StoreError(f"learning round {r.round_id!r} not recorded: {exc}") from None
+
+    def learning_rounds(self, limit: int = 50) -> list[LearningRound]:
+        """The latest rounds, newest first."""
+        rows = self._q("SELECT round_id, time, epsilon_spent, delta, status, label_count FROM learning_rounds"
+                       " ORDER BY time DESC, round_id DESC LIMIT ?", (limit,))
+        return [LearningRound(i, t, e, d, RoundStatus(s), n) for i, t, e, d, s, n in rows]
+
+    def privacy_spent(self) -> tuple[float, float]:
+        """(epsilon, delta) spent by all rounds together, by basic composition (the sum): an upper bound."""
+        eps, delta = self._q("SELECT COALESCE(SUM(epsilon_spent), 0), COALESCE(SUM(delta), 0) FROM learning_rounds")[0]
+        return float(eps), float(delta)
+
+    def set_clerk(self, opted_in: bool, stake: int, time_s: float | None = None) -> None:
+        """Record the owner's clerk choice and the tokens staked."""
+        if isinstance(stake, bool) or not isinstance(stake, int) or stake < 0:
+            raise StoreError(f"clerk stake: got {stake!r}; need a whole number of tokens >= 0")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO clerk_status VALUES (1, ?, ?, ?)",
+                       (int(bool(opted_in)), stake, self._now(time_s)))
+
+    def record_clerk_job(self, job_id: str, tokens: int, time_s: float | None = None) -> None:
+        """Record an aggregation served on and what it earned (negative: a penalty); once per job."""
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO clerk_jobs VALUES (?, ?, ?)", (job_id, self._now(time_s), int(tokens)))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"clerk job {job_id!r} is already recorded") from None
+
+    def clerk_status(self) -> ClerkStatus:
+        """Opt-in and stake (not opted in, no stake, until the owner answers) and the jobs' totals."""
+        with self._lock:
+            row = self._db.execute("SELECT opted_in, stake FROM clerk_status WHERE id = 1").fetchone()
+            jobs, tokens = self._db.execute("SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM clerk_jobs").fetchone()
+        opted_in, stake = row or (0, 0)
+        return ClerkStatus(bool(opted_in), stake, jobs, tokens)
+
+    def clerk_jobs(self, limit: int = 50) -> list[ClerkJob]:
+        """The latest jobs, newest first."""
+        rows = self._q("SELECT job_id, time, tokens FROM clerk_jobs ORDER BY time DESC, job_id DESC LIMIT ?",
+                       (limit,))
+        return [ClerkJob(*r) for r in rows]
 
     # --- settings and retention -------------------------------------------------------------------
 
@@ -294,6 +370,10 @@ class Store(LockedDatabase):
             history = db.execute("SELECT seq, batch, detection_id, label, previous, previous_at"
                                  " FROM label_history ORDER BY seq").fetchall()
             settings = self._settings(db)
+            rounds = db.execute("SELECT round_id, time, epsilon_spent, delta, status, label_count"
+                                " FROM learning_rounds ORDER BY time").fetchall()
+            clerk = db.execute("SELECT opted_in, stake, updated_at FROM clerk_status").fetchall()
+            jobs = db.execute("SELECT job_id, time, tokens FROM clerk_jobs ORDER BY time").fetchall()
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
             rows = []
@@ -311,7 +391,12 @@ class Store(LockedDatabase):
             z.writestr("store.json", json.dumps({
                 "schema_version": SCHEMA_VERSION, "exported_at": self._now(None),
                 "settings": dataclasses.asdict(settings), "detections": rows,
-                "label_history": [dict(zip(keys, h, strict=True)) for h in history]}, indent=1))
+                "label_history": [dict(zip(keys, h, strict=True)) for h in history],
+                "learning_rounds": [dict(zip(("round_id", "time", "epsilon_spent", "delta", "status", "label_count"),
+                                             r, strict=True)) for r in rounds],
+                "clerk": {"status": [dict(zip(("opted_in", "stake", "updated_at"), c, strict=True)) for c in clerk],
+                          "jobs": [dict(zip(("job_id", "time", "tokens"), j, strict=True)) for j in jobs]}},
+                indent=1))
         os.replace(partial, path)
         return path
 
@@ -320,7 +405,8 @@ class Store(LockedDatabase):
         it. The store is closed afterwards. Stop the service first: another process's open store sees
         no rows, and its next write fails."""
         with self._tx() as db:  # rows first, so a process that still has the database open sees them gone
-            for table in ("label_history", "labels", "detections", "settings"):
+            for table in ("label_history", "labels", "detections", "settings", "learning_rounds", "clerk_status",
+                          "clerk_jobs"):
                 db.execute(f"DELETE FROM {table}")
         with self._lock:
             self._db.close()

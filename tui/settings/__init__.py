@@ -1,0 +1,1 @@
+"""Settings: privacy and retention, edited through the store."""
