@@ -56,7 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     _run_parser(sub)
     _tui_parser(sub)
+    _data_parser(sub)
     return parser
+
+
+def _data_parser(sub) -> None:
+    """`assistant data`: the owner's copy of what the device keeps, and its deletion."""
+    data = sub.add_parser(
+        "data", help="export, prune or delete everything the device keeps",
+        description="Everything the device saves (detections, near misses, clips, labels, settings) stays in"
+        " its store on the device. `export` writes all of it to one zip file; `retention` applies the retention"
+        " settings now (the service also does); `delete-everything` removes every row, every clip and the"
+        " database files. Stop `assistant run` first for delete-everything.")
+    data.add_argument("action", choices=["export", "retention", "delete-everything"])
+    data.add_argument("path", nargs="?", type=Path, help="the zip file to write (export)")
+    data.add_argument("--store", type=Path, default=None, metavar="DIR",
+                      help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
+    data.add_argument("--yes", action="store_true", help="delete-everything without asking")
 
 
 def _run_parser(sub) -> None:
@@ -179,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "tui":
         return _tui(args)
+    if args.command == "data":
+        return _data(args)
     build_parser().print_help()
     return 2
 
@@ -302,6 +320,40 @@ def _tui(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execv(sys.executable, argv)
     return 1  # not reached: execv returns only by raising
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .errors import AssistantError
+    from .service import default_store_dir
+    from .store import Store
+
+    root = args.store or default_store_dir()
+    try:
+        if not (root / "store.db").exists():
+            raise AssistantError(f"no store in {root} (nothing saved yet, or give --store DIR)")
+        if args.action == "export":
+            if args.path is None:
+                raise AssistantError("export needs the zip file to write: assistant data export FILE.zip")
+            with Store(root) as store:
+                print(store.export(args.path))
+            return 0
+        if args.action == "retention":
+            with Store(root) as store:
+                r = store.apply_retention()
+            print(f"removed {r.clips_removed} clips ({r.bytes_freed:,} bytes) and {r.rows_deleted} rows")
+            return 0
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise AssistantError("delete-everything asks first; on a pipe, pass --yes")
+            if input(f"delete every detection, label and clip in {root}? type yes: ").strip() != "yes":
+                print("nothing deleted")
+                return 1
+        Store(root).delete_everything()
+        print(f"deleted everything in {root}")
+        return 0
+    except AssistantError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
