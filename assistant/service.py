@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
 SETTINGS_REFRESH_S = 10.0  # how often the writer re-reads the near-miss band the owner may change in the TUI
+RETENTION_EVERY_S = 3600.0  # how often the writer applies the retention settings (first at start-up)
 # Rows waiting for the store. A live source fills it never (a detection or a near miss comes at most once per
 # refractory period, a write takes milliseconds); a file read as fast as possible is paced by it.
 WRITE_QUEUE = 64
@@ -163,7 +164,7 @@ class _StoreWriter:
         self._thread.join()
 
     def _loop(self) -> None:
-        due = time.monotonic() + SETTINGS_REFRESH_S
+        due = time.monotonic()  # the first refresh (and retention pass) right at start-up
         while True:
             try:
                 job = self._jobs.get(timeout=max(0.0, due - time.monotonic()))
@@ -223,6 +224,7 @@ class DeviceService:
         self._scores: deque[float | None] = deque(maxlen=history)
         self._near: NearMissTracker[_Moment] = NearMissTracker(config.refractory_s)
         self._band = store.settings().near_miss_band
+        self._retention_due = time.monotonic()  # at start-up, then every RETENTION_EVERY_S
         self._frames = self._detections = self._near_misses = 0
         self._writer = _StoreWriter(self._refresh_settings)
 
@@ -311,6 +313,12 @@ class DeviceService:
 
     def _refresh_settings(self) -> None:
         self._band = self._store.settings().near_miss_band  # a float: replaced atomically
+        if time.monotonic() >= self._retention_due:
+            self._retention_due = time.monotonic() + RETENTION_EVERY_S
+            r = self._store.apply_retention()
+            if r.clips_removed or r.rows_deleted:
+                log.info("retention: removed %d clips (%d bytes) and %d rows", r.clips_removed, r.bytes_freed,
+                         r.rows_deleted)
 
     # --- control commands (called from the control server's threads) -----------------------------
 

@@ -351,3 +351,21 @@ def test_default_store_dir_follows_xdg():
     home = default_store_dir({})
     assert home == default_store_dir({"XDG_DATA_HOME": "relative/ignored"}) and home.parts[-3:] == (
         ".local", "share", "assistant")
+
+
+def test_the_service_applies_retention_at_start_up(tmp_path):
+    make_model(tmp_path / "model")
+    store_dir = tmp_path / "store"
+    with Store(store_dir, clock=lambda: 1_000_000.0) as store:  # a detection saved long ago
+        old = store.record_detection(np.full(1600, 500, np.int16), 0.9, "m0", None)
+        kept = store.record_detection(np.full(1600, 500, np.int16), 0.9, "m0", None, time_s=time.time())
+        old_clip = store.clip_path(store.get(old))
+    assert old_clip.exists()
+    write_wav(tmp_path / "quiet.wav", sound((2, QUIET)))
+    out = subprocess.run(cli("--input", tmp_path / "quiet.wav", "--store", store_dir, "--model", tmp_path / "model"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not old_clip.exists()  # 30 days by default: the old clip is gone, the recent one stays
+    with Store(store_dir) as store:
+        assert store.get(old).clip is None and store.get(old).score == 0.9  # the row stays, without its clip
+        assert store.clip_path(store.get(kept)).exists()

@@ -4,6 +4,7 @@ SQLite out), snapshots of its screens at 80x24 and 120x40, and the real `assista
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_service import LOUD, QUIET, cli, make_model, n_frames, sound, summary
 from textual.widgets import Checkbox, Input, Static
 
 from assistant.audio import read_audio, write_wav
@@ -29,6 +32,7 @@ from assistant.kws.head import Head
 from assistant.store import Label, LearningRound, RoundStatus, Store
 from tui.app import AssistantApp
 from tui.review.table import QueueTable
+from tui.wording import LABEL_KEYS, LABEL_WORDS
 
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 NO_SERVICE = Path("/nonexistent/assistant/control.sock")  # fixed, so the snapshots do not depend on tmp_path
@@ -320,6 +324,86 @@ def test_missed_me_with_a_running_service_saves_the_last_seconds_and_selects_the
     finally:
         service.terminate()
         service.wait(30)
+
+
+def test_the_service_writes_detections_while_the_tui_labels(tmp_path):
+    """The real `assistant run` saves a detection every ~25 ms while the app, on the same store, reloads and
+    labels rows as they arrive, until the service ends: no write lost, every label in SQLite, nobody told
+    "database is locked"."""
+    make_model(tmp_path / "model")
+    bursts, pace_s = 240, 0.025
+    lead, burst = sound((1, QUIET), seed=6), sound((0.5, LOUD), (2.0, QUIET), seed=7)  # one detection a burst
+    root = tmp_path / "store"
+    applied: dict[int, str] = {}  # what the UI labelled, as the labels table should hold it
+    feed_error: list[BaseException] = []
+    with Store(root) as store:  # the wall clock: labelled_at and the service's row times compare
+        out, err = (tmp_path / "stdout", tmp_path / "stderr")
+        with out.open("wb") as o, err.open("wb") as e:  # files, not pipes: nothing blocks the service
+            proc = subprocess.Popen(cli("--input", "-", "--store", root, "--model", tmp_path / "model"),
+                                    stdin=subprocess.PIPE, stdout=o, stderr=e)
+
+        def feed() -> None:  # ~60x real time: the writes come faster than a person labels
+            try:
+                proc.stdin.write(lead.tobytes())
+                for _ in range(bursts):
+                    proc.stdin.write(burst.tobytes())
+                    proc.stdin.flush()
+                    time.sleep(pace_s)
+            except BaseException as exc:
+                feed_error.append(exc)
+            finally:
+                with contextlib.suppress(OSError):  # a broken pipe is already in feed_error
+                    proc.stdin.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        app = make_app(store)
+
+        async def scenario(pilot):
+            deadline, keys = time.monotonic() + 60, "ynmu"
+            while proc.poll() is None:  # label for as long as the service writes
+                assert time.monotonic() < deadline, "the service did not finish"
+                await pilot.press("r")
+                queue = table(app)
+                for _ in range(10):  # then reload, to see the newer rows
+                    i = queue.current_id()
+                    if i is None or queue.label_of(i) is not None:  # no rows yet, or the cursor is on the last
+                        await pilot.pause(0.01)
+                        break
+                    key = keys[len(applied) % 4]
+                    await pilot.press(key)
+                    label = LABEL_KEYS[key]
+                    assert message(app) == f"#{i} {LABEL_WORDS[label]}; z undoes"  # not "not labelled: ..."
+                    assert i not in applied  # each press labels a new row: presses == rows labelled
+                    applied[i] = label.value
+
+        try:
+            drive(app, scenario)  # an exception in the app (sqlite3's "database is locked") is raised here
+        finally:
+            feeder.join(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    stderr = err.read_text()
+    assert not feed_error and proc.returncode == 0, stderr
+    assert "locked" not in stderr and "failed" not in stderr
+    frames, detections, near_misses = summary(out.read_text())
+    assert (frames, detections) == (n_frames(np.concatenate([lead, *[burst] * bursts])), bursts)
+    db = sqlite3.connect(root / "store.db")
+    try:
+        (rows,) = db.execute("SELECT COUNT(*) FROM detections").fetchone()
+        # labels committed before the service processed its last detection; rows saved after the first label
+        (early,) = db.execute("SELECT COUNT(*) FROM labels WHERE labelled_at < (SELECT MAX(time) FROM detections)"
+                              ).fetchone()
+        (late,) = db.execute("SELECT COUNT(*) FROM detections WHERE time > (SELECT MIN(labelled_at) FROM labels)"
+                             ).fetchone()
+    finally:
+        db.close()
+    assert rows == detections + near_misses  # no write lost
+    assert sqlite_labels(root) == applied  # every label the UI applied, and nothing else
+    assert early >= 10 and late >= 50, (early, late)  # the two processes really wrote at the same time
 
 
 # --- status and settings ---------------------------------------------------------------------------------
