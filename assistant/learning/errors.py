@@ -1,0 +1,10 @@
+"""The learning package's error, part of `assistant`'s one hierarchy (AssistantError)."""
+
+from __future__ import annotations
+
+from ..errors import AssistantError
+
+
+class LearningError(AssistantError):
+    """A learning round this device cannot or must not take part in: the message names the parameter,
+    the value that came and what was needed."""
