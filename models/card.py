@@ -14,7 +14,7 @@ from assistant.kws.backbone import sha256_file
 FILES = ("backbone.onnx", "head.npz")
 
 
-def write_card(model_dir: Path, evaluation: dict | None = None) -> dict:
+def write_card(model_dir: Path, evaluation: dict | None = None, breakdown: dict | None = None) -> dict:
     """Write the card from MODEL_DIR/training.json, the files' hashes and an optional evaluation."""
     training = json.loads((model_dir / "training.json").read_text())
     ev = evaluation or {}
@@ -29,6 +29,7 @@ def write_card(model_dir: Path, evaluation: dict | None = None) -> dict:
         "held_out_variants": training["held_out_variants"],
         "held_out_recorded": training.get("held_out_recorded", []),
         "evaluation": evaluation,
+        "breakdown": breakdown,
     }
     (model_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     t = card["training"]
@@ -48,7 +49,7 @@ def write_card(model_dir: Path, evaluation: dict | None = None) -> dict:
         "## Training",
         f"{t['epochs']} epochs; {wall / 60:.0f} minutes wall clock in all (dataset and mining "
         f"{t['dataset_seconds']} s, training {t['train_seconds']} s) on a 2-core x86_64 machine (torch, CPU):",
-        f"`python -m models.train --wakeword \"{card['wakeword']}\" --out {model_dir.name} ...` (see training.json).",
+        f"`python -m models.train --wakeword \"{card['wakeword']}\" --out models/{model_dir.name} ...` (see training.json; the shipped recipe is in the README).",
         "",
         "## Files", "",
         "| file | bytes | sha256 |", "|---|---:|---|",
@@ -59,6 +60,15 @@ def write_card(model_dir: Path, evaluation: dict | None = None) -> dict:
         lines += ["| figure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in ev.items()]]
     else:
         lines.append("Not evaluated yet.")
+    if breakdown:
+        lines += ["", "### Which held-out voices it misses (`python bench/kws_breakdown.py`)", "",
+                  f"At the 0.5 FA/h threshold (logit {breakdown['logit_threshold_at_0.5']}), the share of positives"
+                  " whose peak score stays below it, by voice source:", "",
+                  "| held-out voices | positives | FRR | median peak logit |", "|---|---:|---:|---:|",
+                  *[f"| {k} | {v['positives']} | {v['frr']} | {v['median_peak_logit']} |"
+                    for k, v in breakdown["peak_reaches_threshold_by_source"].items()], "",
+                  "Highest negative logits by kind of audio: "
+                  + "; ".join(f"{k} {v}" for k, v in breakdown["top_negative_logits_by_kind"].items()) + "."]
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     return card
 
@@ -68,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir", type=Path)
     p.add_argument("--eval", type=Path, default=None, help="output of bench/kws_eval.py --json")
     p.add_argument("--engine", default=None, help="which engine of the evaluation (e.g. ours_hey_snips)")
+    p.add_argument("--breakdown", type=Path, default=None, help="output of bench/kws_breakdown.py --json")
     args = p.parse_args(argv)
     evaluation = None
     if args.eval:
         res = json.loads(args.eval.read_text().strip().splitlines()[-1])
         evaluation = {"negative_hours": res["negative_hours"], "positives": res["positives"],
                       **res["engines"][args.engine]}
-    write_card(args.model_dir, evaluation)
+    breakdown = json.loads(args.breakdown.read_text().strip().splitlines()[-1]) if args.breakdown else None
+    write_card(args.model_dir, evaluation, breakdown)
     print(args.model_dir / "MODEL_CARD.md")
     return 0
 

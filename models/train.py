@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         info["train_seconds"] = round(info["train_seconds"] + more["train_seconds"], 1)
     info["epochs"] = epochs
     info["mining_rounds"] = args.mine
+    info["arguments"] = {k: str(v) for k, v in vars(args).items()}
     info.update({"wakeword": args.wakeword, "positives": args.positives, "negatives": args.negatives,
                  "train_voices": len(train_voices),
                  "held_out_variants": sorted({v.variant for v in test_voices if v.engine == "espeak"}),
