@@ -49,7 +49,8 @@ def write_card(model_dir: Path, evaluation: dict | None = None, breakdown: dict 
         "## Training",
         f"{t['epochs']} epochs; {wall / 60:.0f} minutes wall clock in all (dataset and mining "
         f"{t['dataset_seconds']} s, training {t['train_seconds']} s) on a 2-core x86_64 machine (torch, CPU):",
-        f"`python -m models.train --wakeword \"{card['wakeword']}\" --out models/{model_dir.name} ...` (see training.json; the shipped recipe is in the README).",
+        f"`python -m models.train --wakeword \"{card['wakeword']}\" --out models/{model_dir.name} ...`"
+        " (see training.json; the shipped recipe is in the README).",
         "",
         "## Files", "",
         "| file | bytes | sha256 |", "|---|---:|---|",
