@@ -45,7 +45,7 @@ def committed_clips() -> list[LabelledClip]:
 def test_set_embeddings_are_the_engines_embeddings(tmp_path):
     energy_backbone(tmp_path / "b.onnx")
     backbone = Backbone(tmp_path / "b.onnx")
-    audio = read_audio(CLIPS / "positive_hey_snips_espeak.wav")
+    audio = read_audio(CLIPS / "positive_hey_snips_en-us_female2.wav")
     engine = Engine(backbone, Head.init(3, 4, 2, np.random.default_rng(0)), Detector())
     streamed = [s.embedding for f in frames(audio) if (s := engine.process(f)).embedding is not None]
     whole = len(audio) // FRAME_SAMPLES
