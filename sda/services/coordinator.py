@@ -76,6 +76,12 @@ class AggregationSpec:
     max_participants: int | None = None
     close_when_complete: bool = True  # stop collecting once every registered device took part
     reward_per_participant: int = 0
+    # DP noise the announce states (sda.protocol.params checks them); the defaults announce none.
+    p: int | None = None  # the field's modulus (None: sda.field.P_DEFAULT)
+    noise_mechanism: str = "none"
+    noise_added_by: str = "none"
+    noise_sigma: float = 0.0
+    noise_headroom: int = 0
 
 
 @dataclass(frozen=True)
@@ -433,6 +439,8 @@ class Coordinator:
                 max_participants=min(s.max_participants or len(reg), len(reg)),
                 reward_per_participant=s.reward_per_participant,
                 clerks_hash=clerks_hash, round_number=round_number,
+                noise_mechanism=s.noise_mechanism, noise_added_by=s.noise_added_by, noise_sigma=s.noise_sigma,
+                noise_headroom=s.noise_headroom, **({"p": s.p} if s.p is not None else {}),
             )
         except SdaError as exc:
             log.error("aggregation %s cannot be announced: %s", agg, exc)

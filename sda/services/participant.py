@@ -1,6 +1,8 @@
 """The participant client: how a device takes part in announced aggregations over MQTT.
 
-The device supplies `provide(announce) -> vector | None` (None: not this time). Each
+The device supplies `provide(announce) -> vector | None` (None: not this time), and optionally
+`recorded(announce)`, called once the participation computed from that vector is recorded and
+before it is published (where a device commits what taking part cost it). Each
 participation is recorded (with its envelope) before it is published; a device that restarts
 re-publishes a recorded participation if the announce is still up (the server drops duplicates),
 and never computes a second one for the same aggregation.
@@ -114,10 +116,12 @@ class ParticipantClient:
     """Takes part in announced aggregations. Work happens on the connection's own thread."""
 
     def __init__(self, config: ParticipantConfig, identity: crypto.Identity,
-                 provide: Callable[[Announce], np.ndarray | None], log_: ParticipationLog | None = None):
+                 provide: Callable[[Announce], np.ndarray | None], log_: ParticipationLog | None = None,
+                 recorded: Callable[[Announce], None] | None = None):
         self.config = config
         self.identity = identity
         self.provide = provide
+        self.recorded = recorded
         self.log = log_ or ParticipationLog()
         self.participant = Participant(config.device_id, identity, config.policy,
                                        participated=self.log.joined(), committee_check=self._check_committee)
@@ -204,5 +208,10 @@ class ParticipantClient:
             log.warning("%s does not take part in %s: %s", self.config.device_id, agg, exc)
             return
         self.log.record(agg, out.envelope)
+        if self.recorded is not None:
+            try:
+                self.recorded(a)
+            except Exception:  # the participation is recorded: it goes out (and comes back after a restart)
+                log.exception("%s: the recorded hook failed for %s", self.config.device_id, agg)
         self.transport.publish(topics.participation(agg, self.config.device_id), out.envelope)
         self.sent.append(agg)
