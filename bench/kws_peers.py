@@ -18,7 +18,6 @@ here, not for shipping.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from assistant.kws.backbone import sha256_file
 
 FRAME_SAMPLES = 1280  # 80 ms at 16 kHz, as assistant.audio.FRAME_SAMPLES
 P_CLIP = 1e-7  # float32 probabilities are clipped here before the logit; logit(1 - 1e-7) ~ 16.1
@@ -65,14 +66,6 @@ EMB_DIM = 96
 CLF_WINDOW_EMBS = 16  # hey_jarvis_v0.1 reads the last 16 embeddings (1.28 s)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _oww_wheel(cache: Path) -> Path:
     """The openwakeword wheel in `cache`, fetched with pip if it is not there yet."""
     name = f"openwakeword-{OWW_VERSION}-py3-none-any.whl"
@@ -99,7 +92,7 @@ def openwakeword_files(cache: Path) -> dict[str, Path]:
     cache = Path(cache)
     out_dir = cache / f"openwakeword-{OWW_VERSION}"
     paths = {name: out_dir / name for name in OWW_FILES}
-    if all(p.exists() and _sha256(p) == OWW_FILES[n] for n, p in paths.items()):
+    if all(p.exists() and sha256_file(p) == OWW_FILES[n] for n, p in paths.items()):
         return paths
     out_dir.mkdir(parents=True, exist_ok=True)
     wheel = _oww_wheel(cache)
@@ -114,8 +107,8 @@ def openwakeword_files(cache: Path) -> dict[str, Path]:
         raise PeerUnavailable(f"openWakeWord: {wheel.name} is damaged or lacks {OWW_WHEEL_DIR}: {e}; "
                               "removed it, run again to fetch it anew") from e
     for name, path in paths.items():
-        if _sha256(path) != OWW_FILES[name]:
-            raise PeerUnavailable(f"openWakeWord: {path} has SHA-256 {_sha256(path)}, expected {OWW_FILES[name]}: "
+        if sha256_file(path) != OWW_FILES[name]:
+            raise PeerUnavailable(f"openWakeWord: {path} has SHA-256 {sha256_file(path)}, expected {OWW_FILES[name]}: "
                                   f"delete {wheel} and run again")
     return paths
 

@@ -18,16 +18,14 @@ from datetime import UTC
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from test_kws import energy_backbone
 from test_service import LOUD, QUIET, cli, make_model, n_frames, sound, summary
 from textual.widgets import Checkbox, Input, Static
 
 from assistant.audio import read_audio, write_wav
 from assistant.control import ControlClient
 from assistant.errors import ControlError
-from assistant.kws.features import N_MELS
 from assistant.kws.head import Head
 from assistant.store import Label, LearningRound, RoundStatus, Store
 from tui.app import AssistantApp
@@ -203,14 +201,7 @@ def write_model(directory: Path, context: int = 12, embed: int = 4, window: int 
     """A tiny model directory with a card: an energy backbone (mean log-mel energy per frame) and a head
     that scores loud audio high. Plumbing, not a wake-word model."""
     directory.mkdir(parents=True)
-    w = np.full((context * N_MELS, embed), 1.0 / (context * N_MELS), np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["mel"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["emb"])],
-        "energy", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, context, N_MELS])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [1, embed])], [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(directory / "backbone.onnx"))
+    energy_backbone(directory / "backbone.onnx", context, embed)
     head = Head(np.full((window * embed, 1), 1.0), np.zeros(1), np.array([0.5]), np.array(-20.0), window, embed)
     head.save(directory / "head.npz")
     files = {n: {"sha256": hashlib.sha256((directory / n).read_bytes()).hexdigest()}
