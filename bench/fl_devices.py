@@ -33,6 +33,8 @@ FRAME = 1280  # samples per 80 ms audio frame
 CONTEXT, WIN, HOP = 32, 400, 160
 HIT_TAIL_S, FRAME_S = 0.5, 0.08
 KWS_TESTSET = CACHE / "kws_testset-v4-2026-6-400-hey_snips"
+KWS_TESTSET_SEED = 2026
+BACKGROUND_SEED = 4242  # the devices' own background audio (implicit negatives): never the evaluation's
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -174,8 +176,8 @@ def load_negatives(hours: float, seed: int = 2026, cache: Path = CACHE) -> tuple
 
     t0 = time.time()
     want = int(hours * 3600 / FRAME_S) * FRAME
-    src = KWS_TESTSET / "negatives.i16"
-    if src.is_file() and src.stat().st_size >= 2 * want:
+    src = KWS_TESTSET / "negatives.i16"  # bench/kws_eval.py's own negatives: seed 2026 only
+    if seed == KWS_TESTSET_SEED and src.is_file() and src.stat().st_size >= 2 * want:
         audio = np.fromfile(src, "<i2", count=want)
     else:
         if str(BENCH) not in sys.path:

@@ -72,6 +72,7 @@ from sda.field import P_DEFAULT  # noqa: E402
 BUDGET_FA_H = 0.5
 NEAR_MISS_BAND = 0.3  # the store's default (StoreSettings.near_miss_band), in probability
 REFRACTORY = whole_frames(2.0)
+IMPLICIT_BEFORE = 1.0  # every simulated row is stamped at time 0: all unlabelled near misses are implicit negatives
 VERIFIER_POOL = 20_000  # pool frames scored by each device's verifier: the highest under the base head
 FLIP = {Label.TRUE_ACCEPT: Label.FALSE_ACCEPT, Label.FALSE_ACCEPT: Label.TRUE_ACCEPT,
         Label.MISSED_WAKE_WORD: Label.FALSE_ACCEPT}
@@ -116,7 +117,8 @@ def threshold_at(scores: np.ndarray, hours: float, floor: float = -np.inf) -> fl
 class Sim:
     """Devices, their owners' labels, and the evaluation of a head."""
 
-    def __init__(self, ds: FD.DeviceSet, pool: np.ndarray, hours: float, head: Head, seed: int, flip: float):
+    def __init__(self, ds: FD.DeviceSet, pool: np.ndarray, hours: float, head: Head, seed: int, flip: float,
+                 background: np.ndarray | None = None, background_minutes: float = 0.0):
         self.ds, self.hours, self.base = ds, hours, head
         self.pool_windows = windows(pool, head.window)  # a view over the float16 stream
         self.n = ds.devices
@@ -159,8 +161,39 @@ class Sim:
                 label = FLIP[label]
             rid += 1
             self.records[d].append(Record(rid, 0.0, kind, score, "base", None, False, emb, label, 0.0, None))
+        self.implicit = 0
+        if background is not None and background_minutes > 0:
+            rid = self._hear_background(background, background_minutes, rng, flip, rid)
         self.active = [d for d in range(self.n) if self.records[d]]
         self.union = [r for rs in self.records for r in rs]
+
+    def _hear_background(self, background: np.ndarray, minutes: float, rng: np.random.Generator, flip: float,
+                         rid: int) -> int:
+        """Each device hears `minutes` of the background stream from its own random offset (the train-side pool,
+        never the evaluation's). What the device keeps, as its service would under the base model: a
+        detection (peak at or above the threshold), which the owner labels false accept (5% flipped), and a
+        near miss (peak in the near-miss band), which the owner leaves unlabelled: an implicit negative
+        (gradient.implicit_negative; the rows are stamped at time 0, long before `IMPLICIT_BEFORE`)."""
+        head = self.base
+        bw = windows(background, head.window)
+        scores = pool_logits(head, bw)
+        span = min(len(scores), int(minutes * 60 / FD.FRAME_S))
+        for d in range(self.n):
+            a = int(rng.integers(0, len(scores) - span + 1))
+            seg = scores[a : a + span]
+            for e in events(seg, self.near_floor, REFRACTORY):
+                j = a + int(e) + int(np.argmax(seg[e : e + REFRACTORY]))
+                score, emb = float(scores[j]), np.ascontiguousarray(bw[j], np.float32)
+                rid += 1
+                if score >= self.base_threshold:
+                    label = FLIP[Label.FALSE_ACCEPT] if rng.random() < flip else Label.FALSE_ACCEPT
+                    self.records[d].append(Record(rid, 0.0, Kind.DETECTION, score, "base", None, False, emb, label,
+                                                  0.0, None))
+                else:
+                    self.implicit += 1
+                    self.records[d].append(Record(rid, 0.0, Kind.NEAR_MISS, score, "base", None, False, emb, None,
+                                                  None, None))
+        return rid
 
     def threshold(self, head: Head) -> float:
         return threshold_at(pool_logits(head, self.pool_windows), self.hours)
@@ -179,7 +212,7 @@ class Sim:
         return summary(per) | {"threshold_logit": th}
 
     def union_loss(self, head: Head) -> float:
-        ex = examples_from(self.union, head)
+        ex = examples_from(self.union, head, IMPLICIT_BEFORE)
         return head.loss_and_grad(ex.x, ex.y)[0]
 
     def local_verifier(self) -> dict:
@@ -194,7 +227,7 @@ class Sim:
         for d in range(self.n):
             if not self.test_clips[d]:
                 continue
-            ex = examples_from(self.records[d], head) if self.records[d] else None
+            ex = examples_from(self.records[d], head, IMPLICIT_BEFORE) if self.records[d] else None
             if ex is None or not len(ex) or len(set(ex.y.tolist())) < 2:
                 th, agree_pool = self.base_threshold, None
             else:
@@ -255,7 +288,7 @@ def run_rounds(sim: Sim, start: Head, rounds: int, sigma: float | None, args, rn
         head = unflatten(state.params, sim.base)
         total = np.zeros(d, np.int64)
         for dev in sim.active:
-            g = device_gradient(head, sim.records[dev], args.clip_norm)
+            g = device_gradient(head, sim.records[dev], args.clip_norm, IMPLICIT_BEFORE)
             norms.append(g.norm)
             q = quantise(g.gradient, args.clip_norm, args.scale, P_DEFAULT, rng)
             if sigma is not None:
@@ -282,7 +315,7 @@ def train_oracle(sim: Sim, start: Head, steps: int, args, record_at: set[int]) -
     curve = []
     for s in range(1, steps + 1):
         head = unflatten(state.params, sim.base)
-        ex = examples_from(sim.union, head)
+        ex = examples_from(sim.union, head, IMPLICIT_BEFORE)
         _, g = head.loss_and_grad(ex.x, ex.y)
         state = FA.apply_round(state, f"oracle-{s}", g, RoundCost(0.0))
         if s in record_at:
@@ -330,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-lr", type=float, default=3e-3)
     ap.add_argument("--oracle-steps", type=int, default=0, help="default: max(rounds, 100)")
     ap.add_argument("--label-noise", type=float, default=0.05)
-    ap.add_argument("--negative-hours", type=float, default=6.0)
+    ap.add_argument("--negative-hours", type=float, default=6.0, help="the evaluation's shared negative pool")
+    ap.add_argument("--background-hours", type=float, default=6.0,
+                    help="the train-side background pool the devices hear (another seed than the evaluation's)")
+    ap.add_argument("--background-minutes", type=float, default=60.0,
+                    help="background each device hears (its near misses become implicit negatives); 0: labels only")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-recentre", dest="recentre", action="store_false",
                     help="train from the shipped head as is (its operating point sits at logit ~7, where the"
@@ -351,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     timings["negatives_s"], timings["negatives_embedding_build_s"] = time.time() - t, built
     head = Head.load(FD.MODEL / "head.npz")
     t = time.time()
-    sim = Sim(ds, pool, hours, head, args.seed, args.label_noise)
+    background = None
+    if args.background_minutes > 0:
+        background, _, built = FD.load_negatives(args.background_hours, FD.BACKGROUND_SEED)
+        timings["background_embedding_build_s"] = built
+    sim = Sim(ds, pool, hours, head, args.seed, args.label_noise, background, args.background_minutes)
     timings["labelling_s"] = time.time() - t
 
     sigma, eps_final = choose_noise(args.rounds, args.epsilon, args.delta, args.clip_norm, args.scale, head.size)
@@ -393,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "mqtt_rounds": 0,
         "aggregation": "in-process sum of the devices' quantised, noised integer vectors (the same functions the"
                        " devices run); the sda protocol objects are exercised in tests/test_learning_round.py",
-        "participating_devices": len(sim.active), "labels": {str(k): labels.count(k) for k in set(labels)},
+        "participating_devices": len(sim.active), "implicit_negatives": sim.implicit,
+        "background_minutes_per_device": args.background_minutes,
+        "labels": {str(k): labels.count(k) for k in set(labels)},
         "label_kinds": {str(k): sum(r.kind == k for r in sim.union) for k in Kind},
         "noise_sigma_quantised": sigma, "noise_multiplier": sigma / (args.clip_norm * args.scale),
         "clip_norm": args.clip_norm, "scale": args.scale, "server_lr": args.server_lr, "oracle_steps": steps,

@@ -50,7 +50,7 @@ from assistant.learning import (
 )
 from assistant.learning.gradient import mean_gradient, windows
 from assistant.learning.noise import TAIL, share_bound, skellam, skellam_tail
-from assistant.learning.participate import labelled_records, new_labels
+from assistant.learning.participate import IMPLICIT_AFTER_S, labelled_records, new_labels
 from assistant.learning.privacy import ORDERS, epsilon_of, rho_of
 from assistant.learning.quantise import dequantise, l2_sensitivity
 from assistant.store import Label, RoundStatus, Settings, Store
@@ -173,6 +173,30 @@ def test_labelled_rows_become_examples_and_a_capture_gives_its_best_window(store
     dg = device_gradient(head, records, clip_norm=1e9)
     np.testing.assert_array_equal(dg.gradient, head.loss_and_grad(ex.x, ex.y)[1])
     assert not dg.clipped
+
+
+def test_a_near_miss_left_unlabelled_for_a_day_is_an_implicit_negative(store):
+    head = tiny_head()
+    ids = fill_store(store, seed=2)
+    emb = np.random.default_rng(5).standard_normal((WINDOW, EMBED)).astype(np.float32)
+    store.update_settings(near_miss_band=0.5)
+    old = store.record_near_miss(audio(), 0.6, 0.8, "m1", emb, time_s=T0 + 100)
+    fresh = store.record_near_miss(audio(), 0.6, 0.8, "m1", emb, time_s=T0 + 90_000)
+    labelled_nm = store.record_near_miss(audio(), 0.6, 0.8, "m1", emb, time_s=T0 + 101)
+    store.label([labelled_nm], Label.MISSED_WAKE_WORD, time_s=T0 + 200)
+    before = T0 + 90_000 - IMPLICIT_AFTER_S + 1  # a day before the fresh one: the old one qualifies, it does not
+    records = labelled_records(store, implicit_before=before)
+    ex = examples_from(records, head, implicit_before=before)
+    by_id = dict(zip(ex.ids, range(len(ex)), strict=True))
+    assert old in by_id and ex.y[by_id[old]] == 0.0 and np.array_equal(ex.x[by_id[old]], emb)
+    assert fresh not in by_id and ids["unlabelled"][0] not in by_id  # too recent; an unlabelled detection never
+    assert ex.y[by_id[labelled_nm]] == 1.0  # the owner's word wins over the default
+    # without the cut-off (the default) only the owner's labels count
+    assert old not in examples_from(labelled_records(store), head).ids
+    # and the device's participation uses them: its gradient is the one over labels plus implicit negatives
+    dg = device_gradient(head, records, 1e9, before)
+    np.testing.assert_array_equal(dg.gradient, head.loss_and_grad(ex.x, ex.y)[1])
+    assert old in dg.ids
 
 
 def test_no_usable_rows_is_an_error_not_a_zero_gradient(store):

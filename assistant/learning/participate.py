@@ -25,6 +25,7 @@ reply from the coordinator, so the window is one local write.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ from sda.protocol.messages import Announce
 from ..kws.head import Head
 from ..store import LearningRound, Record, RoundStatus, Store
 from .errors import LearningError
-from .gradient import device_gradient, usable
+from .gradient import device_gradient, implicit_negative, usable
 from .noise import NoiseMode, noise_headroom, participant_noise_share, share_bound, share_variance
 from .policy import Eligibility, LearningPolicy, Refusal, decide
 from .privacy import DEFAULT_DELTA, Accounting, RoundCost, load_ledger, record_round
@@ -146,13 +147,18 @@ class NotEligible(LearningError):
         self.decision = decision
 
 
-def labelled_records(store: Store, page: int = 500) -> list[Record]:
-    """Every labelled row of the store, newest first (paged by key, so rows arriving meanwhile do not shift it)."""
+#: A near miss left unlabelled this long is an implicit negative (gradient.implicit_negative).
+IMPLICIT_AFTER_S = 86_400.0
+
+
+def labelled_records(store: Store, page: int = 500, implicit_before: float | None = None) -> list[Record]:
+    """Every labelled row of the store, and the implicit negatives older than `implicit_before` (None: none),
+    newest first (paged by key, so rows arriving meanwhile do not shift it)."""
     out: list[Record] = []
     before = None
     while True:
         rows = store.review_queue(unlabelled_only=False, limit=page, before=before)
-        out += [r for r in rows if r.label is not None]
+        out += [r for r in rows if r.label is not None or implicit_negative(r, implicit_before)]
         if len(rows) < page:
             return out
         before = (rows[-1].time_s, rows[-1].id)
@@ -234,18 +240,21 @@ def eligibility(store: Store, head: Head, spec: RoundSpec, policy: LearningPolic
 
 
 def prepare(store: Store, head: Head, spec: RoundSpec, rng: np.random.Generator,
-            policy: LearningPolicy | None = None, delta: float = DEFAULT_DELTA) -> PreparedParticipation:
-    """The device's input to `spec`'s round from the labelled rows in `store`; NotEligible (with the decision)
-    when it stays out, LearningError when the round's parameters do not fit this head or Z_p."""
+            policy: LearningPolicy | None = None, delta: float = DEFAULT_DELTA,
+            implicit_after_s: float | None = IMPLICIT_AFTER_S, now: float | None = None) -> PreparedParticipation:
+    """The device's input to `spec`'s round from the labelled rows in `store` and the near misses left unlabelled
+    for `implicit_after_s` (None: labels only); NotEligible (with the decision) when it stays out, LearningError
+    when the round's parameters do not fit this head or Z_p."""
     if spec.dimension != head.size:
         raise LearningError(f"round {spec.round_id}: dimension {spec.dimension}, but the head has {head.size}"
                             " parameters")
     spec.check_capacity()
-    records = labelled_records(store)
+    implicit_before = None if implicit_after_s is None else (time.time() if now is None else now) - implicit_after_s
+    records = labelled_records(store, implicit_before=implicit_before)
     decision = decide(store.settings(), new_labels(records, head), load_ledger(store, delta), spec.cost(), policy)
     if not decision.eligible:
         raise NotEligible(decision)
-    g = device_gradient(head, records, spec.clip_norm)
+    g = device_gradient(head, records, spec.clip_norm, implicit_before)
     q = quantise(g.gradient, spec.clip_norm, spec.scale, spec.p, rng)
     if spec.noise_added_by is NoiseMode.PARTICIPANTS:
         q = q + participant_noise_share(spec.dimension, spec.sigma, spec.min_participants, rng)
