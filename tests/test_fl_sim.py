@@ -24,7 +24,7 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("fl") / "fl.json"
     # no noise moves a tiny federation further per round, so the loss check sees a clear trend
     assert fl_sim.main(["--devices", "6", "--clips-per-device", "6", "--rounds", "4", "--negative-hours", "0.05",
-                        "--oracle-steps", "4", "--server-lr", "1e-2", "--png", str(out.with_suffix(".png")),
+                        "--background-hours", "0.05", "--oracle-steps", "4", "--server-lr", "1e-2", "--png", str(out.with_suffix(".png")),
                         "--out", str(out)]) == 0
     return json.loads(out.read_text()), out.with_suffix(".png")
 
@@ -33,12 +33,20 @@ def test_keys_and_rates(result):
     r, png = result
     for k in KEYS:
         assert k in r, k
-    assert r["devices"] == 6 and r["rounds"] == 4 and r["mqtt_rounds"] == 0
+    assert r["devices"] == 6 and r["rounds"] == 4 and r["mqtt_rounds"] == [1, 4]
     for k in KEYS[4:9]:
         assert 0.0 <= r[k] <= 1.0, (k, r[k])
     for row in r["curves"]["federated"]:
         assert 0.0 <= row["frr"]["mean"] <= row["frr"]["worst_decile"] <= 1.0
     assert png.stat().st_size > 1000
+
+
+def test_the_first_and_last_rounds_go_through_mosquitto(result):
+    r, _ = result
+    rows = r["curves"]["federated"]
+    assert [row["aggregation"] for row in rows] == ["mosquitto", "in-process", "in-process", "mosquitto"]
+    for row in (rows[0], rows[-1]):
+        assert row["mqtt"]["participants"] == r["participating_devices"] and row["mqtt"]["upload_bytes_median"] > 0
 
 
 def test_epsilon_within_budget(result):
