@@ -57,7 +57,82 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _tui_parser(sub)
     _data_parser(sub)
+    _learning_parser(sub)
+    _coordinator_parser(sub)
     return parser
+
+
+def _learning_parser(sub) -> None:
+    """`assistant learning`: the owner's say over federated learning on this device."""
+    learning = sub.add_parser(
+        "learning", help="opt in or out of learning rounds, see the privacy spent, roll back a release",
+        description="Federated learning of the wake-word head: with the owner's opt-in, the device sends a"
+        " clipped, noised gradient of its labels to secure aggregation rounds (the developer sees only the sum"
+        " over many devices) and installs the signed releases that come back. `status` shows whether it is opted"
+        " in, the labels not learned from yet, the differential-privacy epsilon spent of the owner's budget, the"
+        " installed model version and whether it can roll back; `opt-in [--budget EPS]` and `opt-out` change the"
+        " setting (the device never spends beyond the budget); `rollback` goes back to the previous release, for"
+        " good, and tells a running `assistant run` to reload. Rounds run only while `assistant run` is started"
+        " with --credentials (or --broker and --coordinator-key).")
+    learning.add_argument("action", choices=["status", "opt-in", "opt-out", "rollback"])
+    learning.add_argument("--budget", type=float, default=None, metavar="EPS",
+                          help="opt-in: the epsilon all rounds together may spend, at delta 1e-6 (default: keep"
+                          " the current budget, 8 on a new device)")
+    learning.add_argument("--store", type=Path, default=None, metavar="DIR",
+                          help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
+    learning.add_argument("--model", type=Path, default=None, metavar="DIR",
+                          help="status: the model labels are counted against before any release is installed"
+                          " (default: the shipped model)")
+    learning.add_argument("--control", type=Path, default=None, metavar="PATH",
+                          help="rollback: the control socket of a running `assistant run` (default:"
+                          " DIR/control.sock in the store)")
+    learning.add_argument("--json", action="store_true", help="status: one JSON object")
+
+
+def _coordinator_parser(sub) -> None:
+    """`assistant coordinator`: the developer's learning coordinator."""
+    co = sub.add_parser(
+        "coordinator", help="run learning rounds for a model (the developer's side)",
+        description="The developer's coordinator for federated learning of one model: sda's coordinator"
+        " (device and clerk registry, committees, reveal, ledger) plus a learning round every --every seconds."
+        " Each round is a secure aggregation of the opted-in devices' noised gradients; the revealed sum takes a"
+        " FedAdam step, which is released (signed, retained on the broker) only when the validation set --validation"
+        " says it is not worse. Devices verify each release and check it on their own labels before they install"
+        " it. The first round starts --every seconds after start-up, and a round starts only once the previous one"
+        " was handled. State (keys, database, FedAdam state, sealed releases) lives in --state; the coordinator's"
+        " public keys for the devices: `sda coordinator keys --state DIR`.")
+    co.add_argument("--state", type=Path, required=True, metavar="DIR",
+                    help="state directory (coordinator.key, coordinator.db, learning/)")
+    co.add_argument("--broker", required=True, metavar="URL", help="mqtt://coordinator:PASSWORD@host:port")
+    co.add_argument("--model", type=Path, required=True, metavar="DIR",
+                    help="the released model (backbone.onnx, head.npz, card.json) the rounds start from")
+    co.add_argument("--validation", type=Path, required=True, metavar="FILE",
+                    help="the developer's validation set (.npz, learning.validation.ValidationSet) embedded by the"
+                    " model's backbone")
+    co.add_argument("--model-id", default=None,
+                    help="the id in round ids and release topics (default: the card's wake word, e.g. hey_snips;"
+                    " devices use the same default)")
+    co.add_argument("--every", type=float, default=600.0, metavar="SECONDS",
+                    help="seconds between the starts of two rounds (default 600)")
+    co.add_argument("--rounds", type=int, default=None, metavar="N", help="stop after N rounds (default: run until"
+                    " Ctrl-C or SIGTERM)")
+    co.add_argument("--min-participants", type=int, default=10, help="devices a round needs (default 10)")
+    co.add_argument("--max-participants", type=int, default=1000,
+                    help="devices a round takes; it closes early when they all sent (default 1000)")
+    co.add_argument("--collect-seconds", type=float, default=60.0, help="how long a round collects (default 60)")
+    co.add_argument("--results-seconds", type=float, default=60.0,
+                    help="how long clerks have for their results (default 60)")
+    co.add_argument("--noise-multiplier", type=float, default=1.0,
+                    help="total noise standard deviation over the clip norm (default 1.0): more noise, less epsilon"
+                    " per round for each device")
+    co.add_argument("--clip-norm", type=float, default=1.0,
+                    help="L2 clip of each device's gradient, stated in each release (default 1.0)")
+    co.add_argument("--learning-rate", type=float, default=1e-2, help="FedAdam's server learning rate (default 0.01)")
+    co.add_argument("--grant-stake", type=int, default=0,
+                    help="tokens minted and staked for each new clerk (demos and tests; default 0)")
+    co.add_argument("--database", default=None,
+                    help="coordinator database: postgresql://..., sqlite:///PATH or a path (default: SQLite at"
+                    " STATE/coordinator.db)")
 
 
 def _data_parser(sub) -> None:
@@ -105,6 +180,29 @@ def _run_parser(sub) -> None:
                      help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
     run.add_argument("--control", type=Path, default=None, metavar="PATH",
                      help="the control socket `assistant tui` talks to (default: DIR/control.sock in the store)")
+    run.add_argument("--no-verifier", action="store_true",
+                     help="do not let the personal verifier (trained on your labels, on this device only) turn"
+                     " detections it doubts into near misses")
+    fl = run.add_argument_group(
+        "learning", "Take part in learning rounds and install signed releases, when the owner opted in (`assistant"
+        " learning opt-in`). Either --credentials, or --broker with --coordinator-key. The model then runs from"
+        " DIR/models in the store, where releases are installed.")
+    fl.add_argument("--credentials", type=Path, default=None, metavar="FILE",
+                    help="the device's credentials from `sda admin add-device NAME` (device id, broker login,"
+                    " coordinator id and keys)")
+    fl.add_argument("--broker", default=None, metavar="URL",
+                    help="mqtt://DEVICE:PASSWORD@host:port (with --credentials: only its host and port are used)")
+    fl.add_argument("--coordinator-key", default=None, metavar="HEX|FILE",
+                    help="the coordinator's Ed25519 public key: hex, or a file with the hex or the JSON of"
+                    " `sda coordinator keys`")
+    fl.add_argument("--coordinator-id", default="coordinator", help="the coordinator's id (default coordinator)")
+    fl.add_argument("--device-id", default=None, help="the device's id (default: the broker user)")
+    fl.add_argument("--device-key", type=Path, default=None, metavar="FILE",
+                    help="the device's long-term keys, created on first use (default: DIR/device.key in the store)")
+    fl.add_argument("--model-id", default=None,
+                    help="the model id of the rounds and releases (default: the model's wake word, e.g. hey_snips)")
+    fl.add_argument("--min-crowd", type=int, default=None, metavar="N",
+                    help="take part only in rounds of at least N devices (default 100)")
 
 
 def _tui_parser(sub) -> None:
@@ -197,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         return _tui(args)
     if args.command == "data":
         return _data(args)
+    if args.command == "learning":
+        return _learning(args)
+    if args.command == "coordinator":
+        return _coordinator(args)
     build_parser().print_help()
     return 2
 
@@ -271,7 +373,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from .audio import FRAME_MS, file_frames, microphone_frames, paced, stdin_frames
     from .errors import AssistantError
-    from .kws.model import default_model_dir
     from .service import ServiceConfig, default_store_dir, serve
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="assistant: %(message)s")
@@ -291,10 +392,11 @@ def _run(args: argparse.Namespace) -> int:
             frames, source = file_frames(Path(args.input)), f"file {args.input}"
         if args.realtime and args.input is not None:
             frames, source = paced(frames), f"{source} (real time)"
-        config = ServiceConfig(args.model or default_model_dir(), threshold=args.threshold,
-                               pre_roll_s=args.pre_roll, source=source)
-        summary = serve(config, args.store or default_store_dir(os.environ), frames, args.control, args.hermes,
-                        heard)
+        store_dir = args.store or default_store_dir(os.environ)
+        model_dir, attach = _learning_setup(args, store_dir)
+        config = ServiceConfig(model_dir, threshold=args.threshold, pre_roll_s=args.pre_roll, source=source,
+                               verifier=not args.no_verifier)
+        summary = serve(config, store_dir, frames, args.control, args.hermes, heard, attach)
     except AssistantError as exc:
         print(f"assistant: error: {exc}", file=sys.stderr)
         return 1
@@ -302,7 +404,123 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     s = "" if summary.detections == 1 else "s"
     print(f"summary: {summary.frames} frames ({summary.frames * FRAME_MS / 1000:.1f} s of audio), {summary.detections}"
-          f" detection{s}, {summary.near_misses} near miss{'' if summary.near_misses == 1 else 'es'}", flush=True)
+          f" detection{s}, {summary.near_misses} near miss{'' if summary.near_misses == 1 else 'es'}"
+          + (f", {summary.rejected} rejected by the personal verifier" if summary.rejected else ""), flush=True)
+    return 0
+
+
+def _learning_setup(args: argparse.Namespace, store_dir: Path):
+    """(the model directory to run, the hook that starts learning next to the service or None) for `run`.
+
+    With the learning flags the model runs from the store's versioned model directory (created from --model, or
+    the shipped model, on first use), where releases are installed; the hook connects only when the owner opted
+    in. Without them, a release installed earlier keeps running unless --model says otherwise."""
+    import logging
+
+    from .errors import AssistantError
+    from .kws.model import default_model_dir, load_model
+    from .learning.device import DeviceLearning, LearningConfig, default_device_key, model_versions_dir
+    from .learning.install import ModelVersions
+
+    shipped = args.model or default_model_dir()
+    root = model_versions_dir(store_dir)
+    if args.credentials is None and args.broker is None and args.coordinator_key is None:
+        return (root / "current" if args.model is None and (root / "current").is_dir() else shipped), None
+    if args.credentials is None and (args.broker is None or args.coordinator_key is None):
+        raise AssistantError("learning needs --credentials FILE, or --broker URL together with --coordinator-key")
+    model_id = args.model_id or load_model(shipped).wakeword.replace(" ", "_")
+    key = args.device_key or default_device_key(store_dir)
+    extra = {} if args.min_crowd is None else {"min_crowd": args.min_crowd}
+    if args.credentials is not None:
+        config = LearningConfig.from_credentials(args.credentials, key, model_id, args.broker, **extra)
+    else:
+        config = LearningConfig.from_url(args.broker, args.coordinator_key, key, model_id, args.device_id,
+                                         args.coordinator_id, **extra)
+    versions = ModelVersions.adopt(root, shipped)
+
+    def attach(store, service):
+        if not store.settings().learning_opt_in:
+            logging.getLogger("assistant.learning").info(
+                "learning: not opted in (`assistant learning opt-in`): no rounds, no releases")
+            return None
+        return DeviceLearning(store, versions, service.reload, config).start().stop
+
+    return versions.current, attach
+
+
+def _learning(args: argparse.Namespace) -> int:
+    import json
+
+    from .control import ControlClient, default_control_path
+    from .errors import AssistantError, ControlError
+    from .kws.model import default_model_dir
+    from .learning import commands
+    from .service import default_store_dir
+
+    root = args.store or default_store_dir()
+    try:
+        if args.action == "status":
+            st = commands.status(root, args.model or default_model_dir())
+            print(json.dumps(st.as_json()) if args.json else st.render())
+            return 0
+        if args.budget is not None and args.action != "opt-in":
+            raise AssistantError("--budget goes with opt-in")
+        if args.action in ("opt-in", "opt-out"):
+            commands.set_opt_in(root, args.action == "opt-in", args.budget)
+            st = commands.status(root, args.model or default_model_dir())
+            print(f"{'opted in' if st.opted_in else 'opted out'}: epsilon {st.epsilon_spent:.3f} spent of a budget"
+                  f" of {st.epsilon_budget:g}" + ("" if st.opted_in else "; no round will be taken part in"))
+            if st.opted_in and st.epsilon_spent >= st.epsilon_budget:
+                print("note: the budget is spent already; no round will be taken part in", file=sys.stderr)
+            return 0
+        left, now = commands.roll_back(root)
+        print(f"rolled back from version {left} to {now}; version {left} will not be installed again")
+        control = args.control or default_control_path(root)
+        if control.exists():
+            try:
+                print(f"the running service reloaded: now {ControlClient(control).reload()}")
+            except ControlError as exc:
+                print(f"the running service did not reload ({exc}); it runs version {now} from its next start",
+                      file=sys.stderr)
+        return 0
+    except AssistantError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from sda.errors import SdaError
+    from sda.mqtt.transport import BrokerConfig
+
+    from .errors import AssistantError
+    from .kws.model import load_model
+    from .learning import coordinate
+    from .learning.rounds import LearningRoundConfig
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        model_id = args.model_id or load_model(args.model).wakeword.replace(" ", "_")
+        setup = coordinate.CoordinatorSetup(
+            args.state, BrokerConfig.from_url(args.broker), args.model, args.validation, model_id, args.every,
+            args.rounds, args.clip_norm, args.learning_rate,
+            LearningRoundConfig(noise_multiplier=args.noise_multiplier, min_participants=args.min_participants,
+                                max_participants=args.max_participants, collect_s=args.collect_seconds,
+                                results_s=args.results_seconds),
+            args.grant_stake, args.database)
+        print(f"coordinator running learning rounds of {model_id} every {args.every:g} s (state {args.state});"
+              " Ctrl-C to stop", file=sys.stderr, flush=True)
+        coordinate.run(setup, stop, lambda o: print(coordinate.describe(o), flush=True))
+    except (AssistantError, SdaError) as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -349,6 +567,7 @@ def _data(args: argparse.Namespace) -> int:
                 print("nothing deleted")
                 return 1
         Store(root).delete_everything()
+        (root / "verifier.npz").unlink(missing_ok=True)  # learned from the labels just deleted
         print(f"deleted everything in {root}")
         return 0
     except AssistantError as exc:

@@ -9,6 +9,12 @@ wait for the disk or the database (the store's busy timeout can hold a write for
 labels in another process); it hands rows to the writer through a bounded queue. One lock guards what the
 loop shares with the control commands: the ring, the embedding and score history, the engine (which
 `reload` swaps) and the counters.
+
+The owner's personal verifier (learning.verifier, DESIGN §8) has the last word on a detection: when it
+disagrees, the detection is not announced (no Hermes message, no `on_detection`) but saved as a near miss, so
+the owner can still label it (and a wrong rejection teaches the next verifier). It is trained only on this
+store's labels, never leaves the device, retrains on the writer's thread when the labels have changed enough
+and on a reload, and `ServiceConfig.verifier` False turns it off.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -33,6 +39,7 @@ from .control import ControlServer, default_control_path
 from .errors import AssistantError, ControlError
 from .kws.engine import Engine, Step
 from .kws.model import ModelFiles, load_model
+from .learning.verifier import PersonalVerifier, VerifierPolicy
 from .store import Store
 
 if TYPE_CHECKING:
@@ -67,6 +74,8 @@ class ServiceConfig:
     pre_roll_s: float = 2.0  # audio saved before the frame a detection or near miss peaked in
     ring_s: float = 10.0
     source: str = "microphone"  # what the frames come from, for status
+    verifier: bool = True  # the owner's personal verifier vets each detection (see the module doc)
+    verifier_policy: VerifierPolicy = field(default_factory=VerifierPolicy)
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, allowed: str) -> None:
@@ -100,6 +109,7 @@ class Summary:
     frames: int
     detections: int
     near_misses: int
+    rejected: int = 0  # detections the personal verifier turned into near misses (not counted in `detections`)
 
 
 T = TypeVar("T")
@@ -225,8 +235,9 @@ class DeviceService:
         self._near: NearMissTracker[_Moment] = NearMissTracker(config.refractory_s)
         self._band = store.settings().near_miss_band
         self._retention_due = time.monotonic()  # at start-up, then every RETENTION_EVERY_S
-        self._frames = self._detections = self._near_misses = 0
-        self._writer = _StoreWriter(self._refresh_settings)
+        self._frames = self._detections = self._near_misses = self._rejected = 0
+        self._personal = PersonalVerifier(store, self._engine.head, config.verifier_policy) if config.verifier else None
+        self._writer = _StoreWriter(self._refresh)
 
     def _load(self, files: ModelFiles | None = None) -> tuple[ModelFiles, Engine]:
         files = files or load_model(self.config.model_dir)
@@ -262,7 +273,7 @@ class DeviceService:
     def process(self, frame: np.ndarray) -> Step:
         """One frame through the engine; queues the rows it causes. Returns the engine's step."""
         now = self._clock()
-        heard = near = None
+        heard = near = rejected = None
         with self._lock:
             self._ring.append(frame)
             step = self._engine.process(frame)
@@ -270,10 +281,14 @@ class DeviceService:
             self._embeddings.append(step.embedding)
             self._scores.append(step.score)
             if step.detection is not None:
-                self._detections += 1
-                heard = Heard(self._frames * FRAME_S, now, step.detection.score, self.wakeword_id,
-                              self.model_version)
                 clip, window = self._clip(), self._window(self._engine.head.window)
+                if self._personal is None or self._personal.accepts(window):
+                    self._detections += 1
+                    heard = Heard(self._frames * FRAME_S, now, step.detection.score, self.wakeword_id,
+                                  self.model_version)
+                else:
+                    self._rejected += 1
+                    rejected = _Moment(clip, window, now, self._engine.detector.threshold, self.model_version)
             if step.score is not None:
                 threshold = self._engine.detector.threshold
                 near = self._near.update(self._frames * FRAME_S, step.score, threshold - self._band, threshold,
@@ -287,14 +302,21 @@ class DeviceService:
                 self._hermes.detected(heard.wakeword, heard.score, heard.stream_s, heard.model_version)
             if self._on_detection is not None:
                 self._on_detection(heard)
+        if rejected is not None:
+            score = step.detection.score  # type: ignore[union-attr]  # rejected only where it fired
+            log.info("the personal verifier rejected a detection (score %.3f): saved as a near miss", score)
+            # The store keeps a near miss only strictly under the threshold it is given, and a rejection scored at
+            # or above the detector's: it is given the score's successor, so a rejection is kept whenever near
+            # misses are (band > 0, today's quota not used up), as the owner set them.
+            self._save_near_miss(score, rejected, float(np.nextafter(score, math.inf)))
         if near is not None:
             self._save_near_miss(*near)
         return step
 
-    def _save_near_miss(self, score: float, m: _Moment) -> None:
+    def _save_near_miss(self, score: float, m: _Moment, ceiling: float | None = None) -> None:
         def job() -> None:
-            if self._store.record_near_miss(m.samples, score, m.threshold, m.model_version, m.embeddings,
-                                            time_s=m.time_s) is not None:
+            if self._store.record_near_miss(m.samples, score, m.threshold if ceiling is None else ceiling,
+                                            m.model_version, m.embeddings, time_s=m.time_s) is not None:
                 with self._lock:
                     self._near_misses += 1
 
@@ -310,6 +332,15 @@ class DeviceService:
         start = max(0, len(self._embeddings) - frames)
         kept = [e for e in itertools.islice(self._embeddings, start, None) if e is not None]
         return np.stack(kept).astype(np.float32) if kept else None
+
+    def _refresh(self) -> None:
+        """The writer's periodic job: settings, retention, and the personal verifier."""
+        self._refresh_settings()
+        if self._personal is not None:
+            try:
+                self._personal.refresh()
+            except AssistantError as exc:  # e.g. a verifier file it cannot write: detections pass meanwhile
+                log.warning("personal verifier not retrained: %s", exc)
 
     def _refresh_settings(self) -> None:
         self._band = self._store.settings().near_miss_band  # a float: replaced atomically
@@ -329,7 +360,22 @@ class DeviceService:
                     "threshold": self._engine.detector.threshold,
                     "uptime_s": round(time.monotonic() - self._started, 3), "frames": self._frames,
                     "detections": self._detections, "near_misses": self._near_misses,
-                    "source": self.config.source}
+                    "source": self.config.source, "verifier": self._verifier_status()}
+
+    def _verifier_status(self) -> dict:
+        """The personal verifier for `status`: off, inactive (too few labels) or active, and what it learned from."""
+        if self._personal is None:
+            return {"state": "off", "rejected": self._rejected}
+        v = self._personal.current
+        return {"state": "active" if v.active else "inactive", "rejected": self._rejected,
+                "true_labels": v.true_labels, "false_labels": v.false_labels}
+
+    def retrain_verifier(self) -> bool:
+        """Retrain the personal verifier now on the store's labels; False when it is turned off."""
+        if self._personal is None:
+            return False
+        self._personal.retrain()
+        return True
 
     def capture(self, seconds: float) -> int:
         """Save the last `seconds` (1..ring_s) as a captured miss, with the embeddings of those frames and the
@@ -359,6 +405,11 @@ class DeviceService:
         A model that fails its card leaves the running one in place."""
         with self._reload_lock:
             files, engine = self._load()
+            if self._personal is not None:  # over the new head's windows, before it hears anything
+                try:
+                    self._personal.retrain(engine.head)
+                except AssistantError as exc:
+                    log.warning("personal verifier not retrained for the new model: %s", exc)
             with self._lock:
                 audio, mark = self._ring.last(), self._frames
             steps = _warm(engine, audio)  # the slow part, while the audio loop carries on with the old engine
@@ -379,7 +430,7 @@ class DeviceService:
         """Finish the queued writes; what the run heard."""
         self._writer.close()
         with self._lock:
-            return Summary(self._frames, self._detections, self._near_misses)
+            return Summary(self._frames, self._detections, self._near_misses, self._rejected)
 
 
 def _warm(engine: Engine, audio: np.ndarray) -> list[Step]:
@@ -390,10 +441,12 @@ def _warm(engine: Engine, audio: np.ndarray) -> list[Step]:
 
 
 def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], control_path: Path | None = None,
-          hermes_url: str | None = None, on_detection: Callable[[Heard], None] | None = None) -> Summary:
+          hermes_url: str | None = None, on_detection: Callable[[Heard], None] | None = None,
+          attach: Callable[[Store, DeviceService], Callable[[], None] | None] | None = None) -> Summary:
     """Run the service until `frames` ends (or KeyboardInterrupt: Ctrl-C, or SIGTERM when the caller maps
-    it so): the control socket, the store, Hermes if configured; everything closed and the socket removed
-    on the way out. AssistantError when it cannot start."""
+    it so): the control socket, the store, Hermes if configured, and what `attach(store, service)` starts next
+    to the service (learning.device: rounds and releases), stopped by the callable it returns; everything
+    closed and the socket removed on the way out. AssistantError when it cannot start."""
     model = load_model(config.model_dir)  # a bad model stops here, before anything is created on disk
     control = ControlServer(control_path or default_control_path(store_dir))  # a second service stops here
     try:
@@ -408,6 +461,11 @@ def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], 
                     raise AssistantError(f"cannot reach the local broker {hermes_url}")
             try:
                 service = DeviceService(store, config, hermes, on_detection, model=model)
+                try:
+                    detach = attach(store, service) if attach is not None else None
+                except BaseException:
+                    service.close()
+                    raise
                 control.start(service)
                 log.info("listening to %s: %s model %s, threshold %g; store %s; control %s", config.source,
                          service.wakeword_id, service.model_version, service.status()["threshold"], store.root,
@@ -418,6 +476,8 @@ def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], 
                     log.info("stopping")
                 finally:
                     control.close()  # no command may reach a half-closed service
+                    if detach is not None:  # before the service closes: a release may be reloading it
+                        detach()
                     summary = service.close()
             finally:
                 if hermes is not None:

@@ -27,7 +27,9 @@ participation vector.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from .atomic import save_npz_atomic
 from .errors import LearningError
 from .gradient import examples_from
 from .participate import labelled_records
+
+log = logging.getLogger(__name__)
 
 VERIFIER_FORMAT = 1
 #: The bias enters as a constant feature of this value, so the shared L2 penalty barely touches it.
@@ -57,6 +61,7 @@ class VerifierPolicy:
     max_reject_rate: float = 0.05  # of the owner's wake words (a held-out bound, see reject_threshold)
     confidence: float = 0.95
     folds: int = 5
+    retrain_after: int = 5  # labels added, removed or changed since the last training (PersonalVerifier)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: ndarray fields
@@ -255,3 +260,57 @@ def load_verifier(store: Store, head: Head) -> Verifier:
         if (v.window, v.embed) == (head.window, head.embed):
             return v
     return Verifier.inactive(head.window, head.embed)
+
+
+def label_counts(store: Store) -> tuple[int, int, int]:
+    """(true accepts, false accepts, missed wake words) the owner has labelled: what a retrain learns from."""
+    s = store.stats()
+    return s.true_accept, s.false_accept, s.missed_wake_word
+
+
+class PersonalVerifier:
+    """The verifier a running service consults (DeviceService): `current` is read by the audio loop without a
+    lock (one attribute, replaced whole); `refresh` (the store writer's thread) retrains when the owner's label
+    counts moved by `policy.retrain_after` since the last training, or on the first call; `retrain(head)` when
+    the head changes (a reload: a captured miss's window is the one the head scores best)."""
+
+    def __init__(self, store: Store, head: Head, policy: VerifierPolicy | None = None):
+        self.store, self.policy = store, policy or VerifierPolicy()
+        self._head = head
+        self._lock = threading.Lock()  # one training at a time
+        self._trained_on: tuple[int, int, int] | None = None  # label counts of the last training here
+        try:  # a saved one is active at once; the first refresh retrains it on today's labels
+            self.current = load_verifier(store, head)
+        except LearningError as exc:  # a corrupt file: start inactive, the first refresh overwrites it
+            log.warning("personal verifier not loaded: %s", exc)
+            self.current = Verifier.inactive(head.window, head.embed)
+
+    def accepts(self, window: np.ndarray | None) -> bool:
+        """True when the detection whose window (window, embed) is given passes. A window of another shape (the
+        engine's history not yet full, or a head reloaded since) passes: the verifier never judges blind."""
+        v = self.current
+        if window is None or not v.active or np.shape(window) != (v.window, v.embed):
+            return True
+        return v.accepts(window)
+
+    def refresh(self) -> bool:
+        """Retrain when the labels changed enough (see the class doc); True when it retrained."""
+        counts = label_counts(self.store)
+        last = self._trained_on
+        if last is not None and sum(abs(a - b) for a, b in zip(counts, last, strict=True)) < self.policy.retrain_after:
+            return False
+        self.retrain()
+        return True
+
+    def retrain(self, head: Head | None = None) -> Verifier:
+        """Train on every labelled row (over `head`'s windows, default the last head) and make it current."""
+        with self._lock:
+            if head is not None:
+                self._head = head
+            counts = label_counts(self.store)
+            v = retrain(self.store, self._head, self.policy)
+            self.current, self._trained_on = v, counts
+        log.info("personal verifier trained on %d wake words and %d false alarms: %s", v.true_labels, v.false_labels,
+                 f"rejects below logit {v.threshold:.2f} (cross-validated: {v.cv_true_rejected:.1%} of wake words,"
+                 f" {v.cv_false_rejected:.1%} of false alarms)" if v.active else "inactive (too few labels)")
+        return v
