@@ -24,7 +24,8 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("fl") / "fl.json"
     # no noise moves a tiny federation further per round, so the loss check sees a clear trend
     assert fl_sim.main(["--devices", "6", "--clips-per-device", "6", "--rounds", "4", "--negative-hours", "0.05",
-                        "--background-hours", "0.05", "--oracle-steps", "4", "--server-lr", "1e-2", "--png", str(out.with_suffix(".png")),
+                        "--background-hours", "0.05", "--oracle-steps", "4", "--server-lr", "1e-2",
+                        "--png", str(out.with_suffix(".png")),
                         "--out", str(out)]) == 0
     return json.loads(out.read_text()), out.with_suffix(".png")
 

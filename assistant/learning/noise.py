@@ -11,10 +11,9 @@ Private Federated Learning", NeurIPS 2021). Who adds it, as the announce says:
 - clerks: each of the n clerks adds sigma^2 / (n - t) as an extra noise participant, so the n - t
   clerks that are honest under the threat model provide sigma^2 by themselves.
 
-Each share is truncated at a bound h (coordinates beyond it are drawn again), so the total noise is
-bounded and the capacity check can make wrap-around impossible rather than unlikely. h is the
-smallest integer whose Chernoff tail bound is <= 2^-80 per coordinate, so truncation moves the sum's
-distribution by at most (shares * d * 2^-80) in total variation, far below any delta we account at.
+Each share is truncated at a bound h (sda.noise: the smallest with a Chernoff tail <= 2^-80 per
+coordinate), so the total noise is bounded and the capacity check can make wrap-around impossible.
+The sampler itself is sda.noise, shared with sda's clerks; this module says who adds which share.
 """
 
 from __future__ import annotations
@@ -24,10 +23,15 @@ from enum import StrEnum
 
 import numpy as np
 
+from sda import noise as _noise
+from sda.errors import SdaError
+from sda.noise import TAIL, share_bound, skellam_tail
+
 from .errors import LearningError
 
-#: Per-coordinate probability that an untruncated share would exceed its bound.
-TAIL = 2.0**-80
+# The sampling core lives in sda (its clerks add noise too); this module adds who-adds-what on top.
+__all__ = ["TAIL", "NoiseMode", "bounded_skellam", "clerk_noise_share", "noise_headroom", "participant_noise_share",
+           "share_bound", "share_variance", "skellam", "skellam_tail"]
 
 
 class NoiseMode(StrEnum):
@@ -39,56 +43,19 @@ class NoiseMode(StrEnum):
 
 
 def skellam(shape: int | tuple[int, ...], variance: float, rng: np.random.Generator) -> np.ndarray:
-    """Symmetric Skellam noise of `variance` (>= 0): int64 array of `shape`."""
-    if not variance >= 0 or not math.isfinite(variance):
-        raise LearningError(f"noise variance must be finite and >= 0, got {variance!r}")
-    lam = variance / 2.0
-    return rng.poisson(lam, shape).astype(np.int64) - rng.poisson(lam, shape).astype(np.int64)
-
-
-def _log_tail(variance: float, a: float) -> float:
-    """log of the Chernoff bound on P(X >= a) for X ~ Skellam of `variance`: its MGF is
-    exp(variance (cosh t - 1)), minimised at t = asinh(a / variance)."""
-    v = variance
-    return a * a / (math.hypot(v, a) + v) - a * math.asinh(a / v)  # sqrt(v^2+a^2) - v, without cancellation
-
-
-def skellam_tail(variance: float, bound: int) -> float:
-    """An upper bound on P(|X| > bound) for X ~ Skellam of `variance` (two-sided Chernoff)."""
-    if variance == 0:
-        return 0.0
-    return min(1.0, 2.0 * math.exp(_log_tail(variance, bound + 1)))
-
-
-def share_bound(variance: float, tail: float = TAIL) -> int:
-    """The smallest h >= 0 with skellam_tail(variance, h) <= tail: the truncation bound of one share."""
-    if variance == 0:
-        return 0
-    target = math.log(tail / 2.0)
-    hi = max(1, math.ceil(math.sqrt(variance)))
-    while _log_tail(variance, hi + 1) > target:
-        hi *= 2
-    lo = -1  # invariant: bound(lo) fails (or lo = -1), bound(hi) holds
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _log_tail(variance, mid + 1) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    """Symmetric Skellam noise of `variance` (>= 0): int64 array of `shape` (sda.noise.skellam)."""
+    try:
+        return _noise.skellam(shape, variance, rng)
+    except SdaError as exc:
+        raise LearningError(str(exc)) from None
 
 
 def bounded_skellam(d: int, variance: float, rng: np.random.Generator, tail: float = TAIL) -> np.ndarray:
-    """Skellam noise (d,) int64 of `variance`, truncated to |x| <= share_bound(variance, tail) by drawing
-    the coordinates beyond it again (so the result has the exact conditional distribution)."""
-    h = share_bound(variance, tail)
-    x = skellam(d, variance, rng)
-    for _ in range(64):
-        out = np.abs(x) > h
-        if not out.any():
-            return x
-        x[out] = skellam(int(out.sum()), variance, rng)
-    raise LearningError(f"Skellam noise of variance {variance} stayed beyond its bound {h} after 64 draws")
+    """Truncated Skellam noise (d,) int64 of `variance` (sda.noise.bounded_skellam)."""
+    try:
+        return _noise.bounded_skellam(d, variance, rng, tail)
+    except SdaError as exc:
+        raise LearningError(str(exc)) from None
 
 
 def share_variance(sigma: float, mode: NoiseMode, min_participants: int = 1, n: int = 1, t: int = 0) -> float:
@@ -114,7 +81,7 @@ def participant_noise_share(d: int, sigma: float, min_participants: int, rng: np
 
 def clerk_noise_share(d: int, sigma: float, n: int, t: int, rng: np.random.Generator) -> np.ndarray:
     """One clerk's share (d,) int64: any n - t honest clerks of n together add variance sigma^2."""
-    return bounded_skellam(d, share_variance(sigma, NoiseMode.CLERKS, n=n, t=t), rng)
+    return bounded_skellam(d, share_variance(sigma, NoiseMode.CLERKS, n=n, t=t), rng)  # = sda.noise.clerk_noise_share
 
 
 def noise_headroom(sigma: float, mode: NoiseMode, max_participants: int, min_participants: int = 1, n: int = 1,

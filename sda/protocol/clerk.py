@@ -9,6 +9,7 @@ from .. import crypto
 from .. import field as F
 from ..errors import AlreadyProcessed, MessageError, ProtocolError, UnknownSender
 from .messages import Announce, ClerkJob, ClerkResult, open_signed, seal
+from .noise_participant import adds_clerk_noise
 from .params import check_announce
 from .registry import Registry
 from .snapshot import decode_bitmap, snapshot_hash
@@ -21,7 +22,7 @@ class ClerkDone:
     never by computing a second result."""
 
     aggregation_id: str
-    participants: int
+    participants: int  # devices; noise-adding clerks are not counted
     envelope: bytes
 
 
@@ -97,7 +98,12 @@ class Clerk:
         except ValueError as exc:
             raise MessageError(f"clerk_job.summed_shares: {exc}") from exc
         box_keys = registry.box_keys
-        keys = self.pairwise.keys_for([box_keys[int(i)] for i in S])
+        peers = [box_keys[int(i)] for i in S]
+        if adds_clerk_noise(a):
+            # The noise set is the whole committee (this clerk included), fixed by the announce: the sum
+            # only unpads if the server put every clerk's noise in, so honest noise cannot be left out.
+            peers += [m.box_key for m in a.committee]
+        keys = self.pairwise.keys_for(peers)
         share = F.sub(summed, crypto.pad_sum(keys, a.aggregation_id, B, a.p), a.p)
         result = ClerkResult(
             aggregation_id=a.aggregation_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..encoding import FixedPoint, check_capacity
 from ..errors import ParameterError
 from ..field import check_modulus
+from ..noise import clerk_noise_headroom
 from ..sharing import PackedShamir
 from .codec import MAX_MESSAGE_BYTES
 from .messages import MAX_BLOCKS, Announce
@@ -40,6 +41,21 @@ def fixed_point_of(a: Announce) -> FixedPoint:
     return FixedPoint(a.scale, a.clip_lo, a.clip_hi)
 
 
+def check_clerk_noise(a: Announce) -> None:
+    """Clerk noise (DESIGN §3): sda's clerks add bounded Skellam shares, n of them, so the announce must be
+    Skellam and its headroom must hold all n truncated shares, or the noisy sum could wrap around."""
+    if a.noise_mechanism != "skellam":
+        raise ParameterError(f"clerks add only skellam noise, not {a.noise_mechanism!r}")
+    if a.noise_sigma <= 0:
+        raise ParameterError("clerk noise needs noise_sigma > 0")
+    need = clerk_noise_headroom(a.noise_sigma, a.n, a.t)
+    if a.noise_headroom < need:
+        raise ParameterError(
+            f"noise_headroom={a.noise_headroom} is too small for clerk noise: n={a.n} shares of variance"
+            f" sigma^2/(n - t) = {a.noise_sigma:g}^2/{a.n - a.t} need {need}"
+        )
+
+
 def check_announce(a: Announce) -> PackedShamir:
     """All parameter checks of an announce; returns its sharing scheme. ParameterError if unsafe."""
     check_modulus(a.p)
@@ -67,6 +83,8 @@ def check_announce(a: Announce) -> PackedShamir:
         raise ParameterError(
             f"noise mechanism {a.noise_mechanism!r} needs noise_sigma > 0 and noise_headroom > 0"
         )
+    if a.noise_added_by == "clerks":
+        check_clerk_noise(a)
     # Every message of the round must fit the codec's limits, or the round could never finish.
     B = a.blocks
     if B > MAX_BLOCKS:

@@ -93,21 +93,27 @@ class Participant:
         x = np.asarray(x, np.float64)
         if x.shape != (a.dimension,):
             raise ParameterError(f"input must have shape ({a.dimension},), got {x.shape}")
-        scheme = check_announce(a)
-        p, B = a.p, a.blocks
-        encoded = fixed_point_of(a).encode(x, p, rng or np.random.default_rng())
-        seed = random_bytes(crypto.SEED_BYTES)
-        masked = F.add(encoded, crypto.mask(seed, a.aggregation_id, a.dimension, p), p)
-        shares = scheme.share(masked, crypto.random_field_elements(a.t * B, p, random_bytes))
-        keys = self.pairwise.keys_for([m.box_key for m in a.committee])
-        padded = F.add(shares, crypto.pads(keys, a.aggregation_id, B, p), p)
-        msg = Participation(
-            aggregation_id=a.aggregation_id,
-            device_id=self.device_id,
-            padded_shares=F.to_uint32_bytes(padded.reshape(-1)),
-            sealed_seed=crypto.seal_to(
-                a.recipient_key, seed, seed_info(a.aggregation_id, self.device_id)
-            ),
-        )
+        encoded = fixed_point_of(a).encode(x, a.p, rng or np.random.default_rng())
+        msg = share_input(a, self.device_id, self.pairwise, encoded, random_bytes)
         self.participated.add(a.aggregation_id)
         return Participated(a.aggregation_id, seal(msg, self.device_id, self.identity))
+
+
+def share_input(a: Announce, party_id: str, pairwise: crypto.PairwiseKeys, encoded: np.ndarray,
+                random_bytes: Callable[[int], bytes] = os.urandom) -> Participation:
+    """Step 2 of DESIGN §3 for an input already in Z_p (encoded: (d,) int64 in [0, p)): mask with a fresh
+    seed, packed-Shamir-share, pad each clerk's share with the pairwise PRF, seal the seed to the recipient.
+    Devices and noise-adding clerks (sda.protocol.noise_participant) both go through here."""
+    scheme = check_announce(a)
+    p, B = a.p, a.blocks
+    seed = random_bytes(crypto.SEED_BYTES)
+    masked = F.add(encoded, crypto.mask(seed, a.aggregation_id, a.dimension, p), p)
+    shares = scheme.share(masked, crypto.random_field_elements(a.t * B, p, random_bytes))
+    keys = pairwise.keys_for([m.box_key for m in a.committee])
+    padded = F.add(shares, crypto.pads(keys, a.aggregation_id, B, p), p)
+    return Participation(
+        aggregation_id=a.aggregation_id,
+        device_id=party_id,
+        padded_shares=F.to_uint32_bytes(padded.reshape(-1)),
+        sealed_seed=crypto.seal_to(a.recipient_key, seed, seed_info(a.aggregation_id, party_id)),
+    )

@@ -27,7 +27,11 @@ from .participant import seed_info
 
 @dataclass(frozen=True)
 class Revealed:
-    """The revealed sum: `values` (d,) decoded fixed point, `field_sum` (d,) centred integers."""
+    """The revealed sum: `values` (d,) decoded fixed point, `field_sum` (d,) centred integers.
+
+    participants counts the devices only, the divisor of a mean; noise_participants the clerks whose noise
+    shares are in the sum (clerk noise), which add noise and no value.
+    """
 
     aggregation_id: str
     values: np.ndarray
@@ -35,6 +39,7 @@ class Revealed:
     participants: int
     clerks_used: tuple[str, ...]
     wrong_clerks: tuple[str, ...]
+    noise_participants: int = 0
 
 
 def safe_max_errors(m: int, r: int, t: int) -> int:
@@ -47,7 +52,8 @@ def safe_max_errors(m: int, r: int, t: int) -> int:
 class Recipient:
     """Reveal one aggregation. Holds no socket and no clock.
 
-    sealed_seeds: (device_id, sealed seed) of every participant in the snapshot.
+    sealed_seeds: (device_id, sealed seed) of every device in the snapshot; noise_seeds: (clerk_id, sealed
+    seed) of the noise-adding clerks (Snapshot.noise_seeds), whose masks are removed too.
     """
 
     def __init__(
@@ -56,12 +62,18 @@ class Recipient:
         announce: Announce,
         snapshot_hash: bytes,
         sealed_seeds: Sequence[tuple[str, bytes]],
+        noise_seeds: Sequence[tuple[str, bytes]] = (),
     ):
         self.scheme = check_announce(announce)
         self.identity = identity
         self.announce = announce
         self.snapshot_hash = snapshot_hash
         self.sealed_seeds = tuple(sealed_seeds)
+        self.noise_seeds = tuple(noise_seeds)
+        noise_ids = {c for c, _ in self.noise_seeds}
+        if noise_ids and (announce.noise_added_by != "clerks"
+                          or not noise_ids <= {m.clerk_id for m in announce.committee}):
+            raise ProtocolError(f"{announce.aggregation_id}: noise seeds from parties that add no clerk noise")
         self._keys = {m.clerk_id: m.sign_key for m in announce.committee}
         self._shares: dict[int, np.ndarray] = {}
 
@@ -125,7 +137,7 @@ class Recipient:
             max_errors = safe_max_errors(len(idx), scheme.r, scheme.t)
         dec = scheme.decode(idx, shares, a.dimension, max_errors=max_errors)
         seeds, bad = [], []
-        for device_id, sealed in self.sealed_seeds:
+        for device_id, sealed in self.sealed_seeds + self.noise_seeds:
             try:
                 seeds.append(crypto.open_from(
                     self.identity.exchange, sealed, seed_info(a.aggregation_id, device_id)))
@@ -138,9 +150,10 @@ class Recipient:
             aggregation_id=a.aggregation_id,
             values=fixed_point_of(a).decode_sum(total, a.p),
             field_sum=centred(total, a.p),
-            participants=len(seeds),
+            participants=len(self.sealed_seeds),
             clerks_used=tuple(a.committee[i].clerk_id for i in idx),
             wrong_clerks=tuple(a.committee[idx[j]].clerk_id for j in dec.wrong),
+            noise_participants=len(self.noise_seeds),
         )
 
 

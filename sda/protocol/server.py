@@ -12,6 +12,7 @@ from .. import crypto
 from .. import field as F
 from ..errors import AlreadyProcessed, CryptoError, MessageError, ProtocolError, UnknownSender
 from .messages import Announce, ClerkJob, Participation, open_signed, seal
+from .noise_participant import noise_sign_keys
 from .params import check_announce
 from .participant import seed_info
 from .registry import Registry
@@ -26,7 +27,9 @@ class Snapshot:
     """The frozen participant set and what follows from it.
 
     participants: (|S|,) sorted registry indices; summed: (n, B) padded-share sums per clerk;
-    sealed_seeds: (device_id, sealed seed) in registry order, for the recipient.
+    sealed_seeds: (device_id, sealed seed) in registry order, for the recipient;
+    noise_seeds: (clerk_id, sealed seed) of the noise-adding clerks in committee order (empty unless the
+    announce has clerk noise). Only the devices count as participants (min/max_participants, rewards).
     """
 
     aggregation_id: str
@@ -35,6 +38,7 @@ class Snapshot:
     hash: bytes
     summed: np.ndarray
     sealed_seeds: tuple[tuple[str, bytes], ...]
+    noise_seeds: tuple[tuple[str, bytes], ...] = ()
 
 
 class Server:
@@ -50,7 +54,15 @@ class Server:
             raise ProtocolError("the registry does not match the snapshot the announce names")
         self.announce = announce
         self.registry = registry
+        # Noise participants (the committee, when clerks add noise) are keyed by clerk id, apart from the
+        # devices: they do not count towards min/max_participants and are not in the registry bitmap.
+        self._noise_keys = noise_sign_keys(announce)
+        clash = sorted(c for c in self._noise_keys if registry.index_of(c) is not None)
+        if clash:
+            raise ProtocolError(f"committee members {clash[:5]} are also registered devices; their noise"
+                                " participations could not be told from device inputs")
         self._inputs: dict[int, tuple[bytes, bytes]] = {}
+        self._noise: dict[str, tuple[bytes, bytes]] = {}
         self.snapshot_taken: Snapshot | None = None
 
     def accept(self, raw: bytes, now: float) -> str:
@@ -60,14 +72,14 @@ class Server:
         duplicate (a no-op), ProtocolError when the round is closed or the deadline passed.
         """
         a = self.announce
-        msg, env = open_signed(raw, Participation, self.registry.sign_key_of)
+        msg, env = open_signed(raw, Participation, self._sign_key_of)
         if msg.device_id != env.signer:
             raise UnknownSender(f"participation for {msg.device_id!r} signed by {env.signer!r}")
         if msg.aggregation_id != a.aggregation_id:
             raise ProtocolError(f"participation for {msg.aggregation_id!r}, not {a.aggregation_id!r}")
+        noise = msg.device_id in self._noise_keys
         idx = self.registry.index_of(msg.device_id)
-        assert idx is not None  # open_signed found its key
-        if idx in self._inputs:
+        if (msg.device_id in self._noise) if noise else (idx in self._inputs):
             raise AlreadyProcessed(f"{a.aggregation_id}: duplicate participation of {msg.device_id}")
         if self.snapshot_taken is not None:
             raise ProtocolError(f"{a.aggregation_id}: round closed, participation of {msg.device_id} ignored")
@@ -89,13 +101,26 @@ class Server:
                                  seed_info(a.aggregation_id, msg.device_id))
             except CryptoError as exc:
                 raise MessageError(f"participation of {msg.device_id}: sealed seed does not open") from exc
+        if noise:
+            self._noise[msg.device_id] = (msg.padded_shares, msg.sealed_seed)
+            return msg.device_id
         if len(self._inputs) >= a.max_participants:
             raise ProtocolError(f"{a.aggregation_id}: already {a.max_participants} participants")
+        assert idx is not None  # open_signed found its key
         self._inputs[idx] = (msg.padded_shares, msg.sealed_seed)
         return msg.device_id
 
+    def _sign_key_of(self, party_id: str) -> bytes | None:
+        return self._noise_keys.get(party_id) or self.registry.sign_key_of(party_id)
+
+    def is_noise_participant(self, party_id: str) -> bool:
+        """True for a committee member adding clerk noise to this aggregation."""
+        return party_id in self._noise_keys
+
     def stored(self, device_id: str) -> tuple[bytes, bytes]:
-        """(padded shares, sealed seed) of an accepted participation, to persist."""
+        """(padded shares, sealed seed) of an accepted participation (device or noise), to persist."""
+        if device_id in self._noise:
+            return self._noise[device_id]
         idx = self.registry.index_of(device_id)
         if idx is None or idx not in self._inputs:
             raise KeyError(device_id)
@@ -103,11 +128,19 @@ class Server:
 
     @property
     def participant_count(self) -> int:
-        """Participations accepted so far."""
+        """Device participations accepted so far (noise participants not counted)."""
         return len(self._inputs)
+
+    @property
+    def noise_count(self) -> int:
+        """Noise participations (clerks) accepted so far."""
+        return len(self._noise)
 
     def restore(self, device_id: str, padded_shares: bytes, sealed_seed: bytes) -> None:
         """Re-load a participation accepted before a restart (already validated then)."""
+        if device_id in self._noise_keys:
+            self._noise[device_id] = (padded_shares, sealed_seed)
+            return
         idx = self.registry.index_of(device_id)
         if idx is None:
             raise UnknownSender(f"cannot restore participation of unknown device {device_id!r}")
@@ -123,12 +156,19 @@ class Server:
                 f"{a.aggregation_id}: {len(self._inputs)} participants, fewer than the"
                 f" min_participants={a.min_participants}"
             )
+        # Every clerk removes the pads of all n noise participants (the committee is the noise set, fixed
+        # by the announce), so a snapshot leaving out anyone's noise could not be computed anyway: refuse it.
+        missing = [c for c in self._noise_keys if c not in self._noise]
+        if missing:
+            raise ProtocolError(f"{a.aggregation_id}: clerk noise missing from {len(missing)} of {a.n} clerks:"
+                                f" {missing[:5]}")
         S = np.asarray(sorted(self._inputs), np.int64)
+        noise_ids = [m.clerk_id for m in a.committee if m.clerk_id in self._noise]
         width = a.n * a.blocks
         total = np.zeros(width, np.int64)
-        for start in range(0, len(S), SUM_BATCH):
-            chunk = b"".join(self._inputs[int(i)][0] for i in S[start : start + SUM_BATCH])
-            rows = np.frombuffer(chunk, "<u4").reshape(-1, width)
+        padded = [self._inputs[int(i)][0] for i in S] + [self._noise[c][0] for c in noise_ids]
+        for start in range(0, len(padded), SUM_BATCH):
+            rows = np.frombuffer(b"".join(padded[start : start + SUM_BATCH]), "<u4").reshape(-1, width)
             total = np.mod(total + rows.sum(axis=0, dtype=np.int64), a.p)
         raw = bitmap_bytes(S, a.registry_size)
         self.snapshot_taken = Snapshot(
@@ -140,6 +180,7 @@ class Server:
             sealed_seeds=tuple(
                 (self.registry.entries[int(i)].device_id, self._inputs[int(i)][1]) for i in S
             ),
+            noise_seeds=tuple((c, self._noise[c][1]) for c in noise_ids),
         )
         return self.snapshot_taken
 

@@ -1,5 +1,9 @@
 """The clerk daemon: registers its keys, takes jobs, answers each aggregation exactly once.
 
+Clerk noise (noise_added_by = "clerks"): on the announce of an aggregation whose committee it sits on, the
+clerk submits its noise share as a participation (sda.protocol.noise_participant), persisted before it is
+published, so a restart re-sends the same participation and never draws a second share.
+
 State (SQLite, WAL): the aggregations processed with the result sent for each (persisted before
 the result is published, so a redelivered job gets the same result again and never a second
 one), the pairwise keys derived so far (a restart stays warm), the registry snapshots and the
@@ -35,6 +39,7 @@ from ..protocol.messages import (
     open_signed,
     seal,
 )
+from ..protocol.noise_participant import NoiseParticipant, adds_clerk_noise
 from ..protocol.params import open_announce
 from ..protocol.registry import Registry, RegistryEntry
 from ..sqlite import connect_sqlite, transaction
@@ -53,6 +58,8 @@ CREATE TABLE IF NOT EXISTS registry_pages (
     PRIMARY KEY (registry_hash, page));
 CREATE TABLE IF NOT EXISTS registries (registry_hash BLOB PRIMARY KEY, size INTEGER NOT NULL, entries BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS announces (aggregation_id TEXT PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS noise_sent (
+    aggregation_id TEXT PRIMARY KEY, envelope BLOB NOT NULL, sent_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (
     entry_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, memo TEXT NOT NULL, amount_available INTEGER NOT NULL,
     amount_staked INTEGER NOT NULL, available_after INTEGER NOT NULL, staked_after INTEGER NOT NULL,
@@ -78,7 +85,7 @@ class ClerkStats:
     processed: int = 0
     resent: int = 0
     receipts: int = 0
-    receipts: int = 0
+    noise_sent: int = 0
     rejected: Counter = field(default_factory=Counter)
 
 
@@ -98,6 +105,9 @@ class ClerkService:
         self.pairwise = crypto.PairwiseKeys(self.identity.exchange, cached)
         self.clerk = Clerk(config.clerk_id, self.identity, config.coordinator_id,
                            config.coordinator_sign_key, self.pairwise, processed=set())
+        contributed = {r[0] for r in self.db.execute("SELECT aggregation_id FROM noise_sent")}
+        self.noise = NoiseParticipant(config.clerk_id, self.identity, self.pairwise, contributed)
+        self._pending_noise: set[str] = set()
         self.transport = Transport(config.clerk_id, config.broker, self._enqueue, manual_ack=True)
         self.clerk_pages = PageAssembler(ClerkSnapshot, "clerks_hash", self._coordinator_key)
         self.inbox: queue.Queue = queue.Queue()
@@ -171,6 +181,8 @@ class ClerkService:
             if self._ready(agg):
                 del self._pending_jobs[agg]
                 self._on_job(topics.job(self.config.clerk_id, agg), agg, job)
+        for agg in list(self._pending_noise):
+            self._add_noise(agg)
 
     def _on_inbox(self, topic: str, payload: bytes) -> None:
         """Keep every receipt that verifies: the clerk's own record of what it earned and lost."""
@@ -239,7 +251,43 @@ class ClerkService:
             return self._reject("announce", topic, exc)
         with transaction(self.db):
             self.db.execute("INSERT OR IGNORE INTO announces VALUES (?, ?)", (aggregation_id, payload))
+        if adds_clerk_noise(a) and a.member_index(self.config.clerk_id) is not None:
+            self._add_noise(aggregation_id)
         return None
+
+    def _add_noise(self, agg: str) -> None:
+        """Submit (or re-send) this clerk's noise share for `agg`, once its committee is verified."""
+        self._pending_noise.discard(agg)
+        topic = topics.participation(agg, self.config.clerk_id)
+        row = self.db.execute("SELECT envelope FROM noise_sent WHERE aggregation_id=?", (agg,)).fetchone()
+        if row is not None:  # after a restart: the same share again, a duplicate the server ignores
+            self.transport.publish(topic, bytes(row[0]))
+            return
+        a = self._announce(agg)
+        if a is None:
+            return
+        if a.clerks_hash not in self.clerk_pages.complete:
+            if len(self._pending_noise) < 64:
+                self._pending_noise.add(agg)  # wait for the clerk snapshot to check the draw
+            return
+        try:
+            # Noise only for a committee that is the verifiable draw: a round whose job we would refuse
+            # anyway (sda.committee) gets no share of ours either.
+            committee.verify(a, [committee.Candidate(*e) for e in self.clerk_pages.complete[a.clerks_hash]])
+            out = self.noise.contribute(a, time.time())
+        except AlreadyProcessed:
+            return
+        except SdaError as exc:
+            return self._reject("noise", topic, exc)
+        try:
+            with transaction(self.db):  # persisted before it is sent
+                self.db.execute("INSERT INTO noise_sent VALUES (?, ?, ?)", (agg, out.envelope, time.time()))
+        except sqlite3.Error:
+            self.noise.contributed.discard(agg)
+            raise
+        self.transport.publish(topic, out.envelope)
+        self.stats.noise_sent += 1
+        log.info("%s added its noise share to %s", self.config.clerk_id, agg)
 
     def _announce(self, agg: str) -> Announce | None:
         row = self.db.execute("SELECT envelope FROM announces WHERE aggregation_id=?", (agg,)).fetchone()

@@ -40,6 +40,7 @@ from ..protocol.messages import (
     open_signed,
     seal,
 )
+from ..protocol.noise_participant import noise_sign_keys
 from ..protocol.recipient import Recipient
 from ..protocol.registry import Registry, RegistryEntry
 from ..protocol.server import Server, new_announce
@@ -144,6 +145,9 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_finished: Callable[[str], None] | None = None
+        # Called once connected and resumed, before the worker starts: a product republishes its retained
+        # state here (the broker may have lost it while we were down).
+        self.on_started: Callable[[], None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,6 +165,8 @@ class Coordinator:
             self.transport.subscribe(topics.ALL_RESULTS)
             self.transport.subscribe(topics.ALL_LEDGER_REQUESTS)
             self._resume()
+            if self.on_started is not None:
+                self.on_started()
         self._thread = threading.Thread(target=self._run, name=f"coordinator-{self.cid}", daemon=True)
         self._thread.start()
 
@@ -462,8 +468,11 @@ class Coordinator:
         if a is None:
             return
         if not closing:
+            # The count includes the n noise participations when clerks add noise: complete means every
+            # device and every clerk's noise is in (a round closed before the noise could not be computed).
             count = self.store.participation_count(agg)
-            complete = spec.get("close_when_complete", True) and count >= a.max_participants
+            expected = a.max_participants + len(noise_sign_keys(a))
+            complete = spec.get("close_when_complete", True) and count >= expected
             if now < a.participation_deadline and not complete:
                 return
             # First stop every ingest (here and in other workers) from storing more, then read:
@@ -472,7 +481,10 @@ class Coordinator:
         # The snapshot is taken from the store, so ingest workers and restarts agree on S; the
         # first max_participants to arrive are in (workers each count only what they saw).
         server = Server(a, self._registry_for(a))
-        for device_id, shares, seed in self.store.participations(agg)[: a.max_participants]:
+        stored = self.store.participations(agg)
+        noise = [row for row in stored if server.is_noise_participant(row[0])]
+        devices = [row for row in stored if not server.is_noise_participant(row[0])]
+        for device_id, shares, seed in devices[: a.max_participants] + noise:
             server.restore(device_id, shares, seed)
         try:
             snap = server.snapshot()
@@ -483,9 +495,10 @@ class Coordinator:
         jobs = server.jobs(self.cid, self.identity)
         self.store.set_snapshot(agg, snap.hash, snap.bitmap, jobs)
         self._ingest.pop(agg, None)
-        self._recipients[agg] = Recipient(self.identity, a, snap.hash, snap.sealed_seeds)
+        self._recipients[agg] = Recipient(self.identity, a, snap.hash, snap.sealed_seeds, snap.noise_seeds)
         self._send_jobs(agg, jobs, now)
-        log.info("snapshot of %s: %d participants; jobs sent to %d clerks", agg, len(snap.participants), len(jobs))
+        log.info("snapshot of %s: %d participants (+%d noise); jobs sent to %d clerks", agg, len(snap.participants),
+                 len(snap.noise_seeds), len(jobs))
 
     def _send_jobs(self, agg: str, jobs: list[tuple[str, bytes]], now: float) -> None:
         for clerk_id, env in jobs:
@@ -516,7 +529,8 @@ class Coordinator:
         result = {
             "values": rev.values.tolist(),
             "field_sum": [int(v) for v in np.asarray(rev.field_sum)],
-            "participants": rev.participants,
+            "participants": rev.participants,  # devices: the divisor of a mean
+            "noise_participants": rev.noise_participants,  # clerks whose noise shares are in the sum
             "clerks_used": list(rev.clerks_used),
             "wrong_clerks": list(rev.wrong_clerks),
             "revealed_at": now,
@@ -645,7 +659,8 @@ class Coordinator:
                 S, _ = decode_bitmap(row.bitmap, a.registry_size)
                 inputs = {d: seed for d, _, seed in self.store.participations(row.aggregation_id)}
                 seeds = [(reg.entries[int(i)].device_id, inputs[reg.entries[int(i)].device_id]) for i in S]
-                rec = Recipient(self.identity, a, row.snapshot_hash, seeds)
+                noise = [(c, inputs[c]) for c in noise_sign_keys(a)]  # every clerk's, or no snapshot was taken
+                rec = Recipient(self.identity, a, row.snapshot_hash, seeds, noise)
                 for _, env in self.store.results(row.aggregation_id):
                     try:
                         rec.add_result(env, min(time.time(), a.result_deadline))
