@@ -149,7 +149,8 @@ def test_assistant_coordinator_and_devices_run_with_the_learning_flags_complete_
         coordinator = c.procs["coordinator"]
         assert coordinator.wait(60) == 0, c.log_tail("coordinator")
         out = c.logs["coordinator"].read_text()
-        assert f"round learn.hey_snips.1: {DEVICES} devices; release 1 published" in out, c.log_tail("coordinator")
+        assert f"round learn.hey_snips.1: {DEVICES} devices; release 1 published, central (epsilon, delta) = (" \
+            in out, c.log_tail("coordinator")
 
         # every opted-in device installed the release from the retained topic and hot-swapped it in
         for name, (_, store_dir, log) in list(devices.items())[:DEVICES]:

@@ -71,8 +71,9 @@ def describe(outcome: RoundOutcome) -> str:
         return f"round {outcome.round_id}: no sum ({outcome.error})"
     reason = outcome.decision.reason if outcome.decision is not None else ""
     if outcome.release is not None:
-        return (f"round {outcome.round_id}: {outcome.participants} devices; release {outcome.release.version}"
-                f" published (epsilon {outcome.release.epsilon:.3g}); {reason}")
+        r = outcome.release
+        return (f"round {outcome.round_id}: {outcome.participants} devices; release {r.version} published, central"
+                f" (epsilon, delta) = ({r.epsilon:.3g}, {r.delta:g}) over {len(r.rounds)} round(s); {reason}")
     return f"round {outcome.round_id}: {outcome.participants} devices; no release: {reason}"
 
 
