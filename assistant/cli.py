@@ -100,7 +100,8 @@ def _coordinator_parser(sub) -> None:
         " says it is not worse. Devices verify each release and check it on their own labels before they install"
         " it. The first round starts --every seconds after start-up, and a round starts only once the previous one"
         " was handled. State (keys, database, FedAdam state, sealed releases) lives in --state; the coordinator's"
-        " public keys for the devices: `sda coordinator keys --state DIR`.")
+        " public keys for the devices: `sda coordinator keys --state DIR`. Build a validation set from a source"
+        " checkout with `python -m models.validation --help`.")
     co.add_argument("--state", type=Path, required=True, metavar="DIR",
                     help="state directory (coordinator.key, coordinator.db, learning/)")
     co.add_argument("--broker", required=True, metavar="URL", help="mqtt://coordinator:PASSWORD@host:port")
@@ -125,6 +126,13 @@ def _coordinator_parser(sub) -> None:
     co.add_argument("--noise-multiplier", type=float, default=1.0,
                     help="total noise standard deviation over the clip norm (default 1.0): more noise, less epsilon"
                     " per round for each device")
+    co.add_argument("--noise-added-by", choices=("participants", "clerks"), default="participants",
+                    help="who adds the differential-privacy noise (DESIGN §3): each device its 1/N_min share"
+                    " (default), or each committee clerk sigma^2/(n-t) as a noise participant, which also holds"
+                    " against a server padding a round with fake devices")
+    co.add_argument("--committee-size", type=int, default=None, metavar="N",
+                    help="with --noise-added-by clerks: the committee size n, needed to size the noise headroom"
+                    " before the committee is drawn")
     co.add_argument("--clip-norm", type=float, default=1.0,
                     help="L2 clip of each device's gradient, stated in each release (default 1.0)")
     co.add_argument("--learning-rate", type=float, default=1e-2, help="FedAdam's server learning rate (default 0.01)")
@@ -513,7 +521,8 @@ def _coordinator(args: argparse.Namespace) -> int:
             args.rounds, args.clip_norm, args.learning_rate,
             LearningRoundConfig(noise_multiplier=args.noise_multiplier, min_participants=args.min_participants,
                                 max_participants=args.max_participants, collect_s=args.collect_seconds,
-                                results_s=args.results_seconds),
+                                results_s=args.results_seconds, noise_mode=args.noise_added_by,
+                                committee_size=args.committee_size),
             args.grant_stake, args.database)
         print(f"coordinator running learning rounds of {model_id} every {args.every:g} s (state {args.state});"
               " Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -26,6 +26,11 @@ flower  flwr's SecAgg+ code path: the client side is flwr's own stage functions 
         upload_bytes  the four replies' ConfigRecords as protobuf (flwr.common.serde);
         server_cpu_s  the four stages' server-side work.
 ratios are ours / flower. The last line printed is one JSON object keyed by setting.
+
+flwr cannot be installed beside this project (flwr 1.42.0 pins typer<0.21, amqtt 0.12 needs typer>=0.24), so
+the Flower side runs as a subprocess, `<python> bench/vs_flower.py --side flower ...`, in a venv this script
+makes on first use with pip from PyPI (FLOWER_REQUIREMENTS) and caches in bench/.cache; ours runs in this
+process. The Flower side imports neither sda nor assistant, and measures itself as before.
 """
 
 from __future__ import annotations
@@ -38,25 +43,30 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import random
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sda import crypto
-from sda.protocol.clerk import Clerk
-from sda.protocol.messages import CommitteeMember
-from sda.protocol.participant import Participant, ParticipantPolicy
-from sda.protocol.recipient import Recipient
-from sda.protocol.registry import Registry, RegistryEntry
-from sda.protocol.server import Server, new_announce
-from sda.simulation import default_thresholds
+# Only numpy and the standard library at the top: `--side flower` runs in the Flower venv below, which has
+# neither sda nor assistant. Ours' imports are in run_ours and main_both.
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = ROOT / "models" / "hey_snips" / "head.npz"
 CLIP = 1.0
 SCALE = 2.0**16
+
+# flwr 1.42.0 pins typer<0.21 and amqtt 0.12 (a core dependency) needs typer>=0.24, so flwr cannot be in the
+# project's environment. The Flower side runs in a venv of its own, made once and cached here.
+FLWR_VERSION = "1.42.0"
+FLOWER_REQUIREMENTS = (f"flwr=={FLWR_VERSION}", "numpy==2.4.6", "cryptography==50.0.2", "pycryptodome==3.24.1",
+                       "protobuf==6.33.6")  # the packages the measured code path runs on
+FLOWER_VENV = ROOT / "bench" / ".cache" / f"venv-flwr-{FLWR_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}"
+FLOWER_MARKER = "vs_flower-complete.txt"  # written last: its content is FLOWER_REQUIREMENTS
 
 
 def log(msg: str) -> None:
@@ -80,6 +90,15 @@ def committee_size(devices: int) -> int:
 
 # --- ours ------------------------------------------------------------------------------------
 def run_ours(devices: int, d: int, n: int, dropout: float, seed: int) -> dict:
+    from sda import crypto
+    from sda.protocol.clerk import Clerk
+    from sda.protocol.messages import CommitteeMember
+    from sda.protocol.participant import Participant, ParticipantPolicy
+    from sda.protocol.recipient import Recipient
+    from sda.protocol.registry import Registry, RegistryEntry
+    from sda.protocol.server import Server, new_announce
+    from sda.simulation import default_thresholds
+
     k, t = default_thresholds(n)
     rng = np.random.default_rng(seed)
     coordinator, recipient_id = crypto.Identity.generate(), crypto.Identity.generate()
@@ -298,16 +317,90 @@ TOLERATES = """tolerates:
             both a live device's seed shares and its sk1 shares and unmask its individual vector."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="progress on stderr; JSON as the last line")
-    parser.add_argument("--devices", default="100,1000", help="comma-separated device counts")
-    parser.add_argument("--dimension", type=int, default=None, help="default: the shipped head's size")
-    parser.add_argument("--dropout", type=float, default=0.05)
-    parser.add_argument("--committee", type=int, default=None, help="ours' n (default min(80, max(3, devices//4)))")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+# --- the Flower venv ---------------------------------------------------------------------------
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def flower_python(venv: Path = FLOWER_VENV) -> Path:
+    """The python of a venv holding FLOWER_REQUIREMENTS, made on first use (about a minute, from PyPI).
+
+    It is built in a temporary directory beside `venv` and renamed into place only once pip has finished,
+    so an interrupted build leaves nothing that looks complete (a leftover `.tmp-*` directory is removed by
+    the next build). The venv is only ever used as `<venv>/bin/python -m ...`, which a rename does not break.
+    """
+    want = "\n".join(FLOWER_REQUIREMENTS) + "\n"
+    marker = venv / FLOWER_MARKER
+    if venv_python(venv).exists() and marker.exists() and marker.read_text() == want:
+        return venv_python(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    for stale in venv.parent.glob(f"{venv.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > 3600:  # not a build still running in another process
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{venv.name}.tmp-", dir=venv.parent))
+    try:
+        log(f"[flower venv] creating {venv} (once; cached afterwards): python -m venv")
+        subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, stdout=sys.stderr)
+        log(f"[flower venv] pip install {' '.join(FLOWER_REQUIREMENTS)} (from PyPI; about a minute)")
+        pip = subprocess.run(
+            [str(venv_python(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
+             "--no-input", *FLOWER_REQUIREMENTS],
+            stdout=sys.stderr, stderr=subprocess.STDOUT, check=False,
+        )
+        if pip.returncode != 0:
+            raise SystemExit(
+                f"vs_flower: could not install {' '.join(FLOWER_REQUIREMENTS)} from PyPI into a venv for the Flower "
+                f"side (pip exit status {pip.returncode}; its output is above). Is https://pypi.org reachable?")
+        subprocess.run([str(venv_python(tmp)), "-c", "import flwr.client.mod.secure_aggregation.secaggplus_mod"],
+                       check=True)
+        (tmp / FLOWER_MARKER).write_text(want)
+        if not (marker.exists() and marker.read_text() == want):  # else another process finished first
+            if venv.exists():  # a venv of other requirements under the final name
+                shutil.rmtree(venv)
+            try:
+                tmp.rename(venv)
+            except OSError:  # another process renamed its own in between
+                if not (marker.exists() and marker.read_text() == want):
+                    raise
+        log(f"[flower venv] ready: {venv}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return venv_python(venv)
+
+
+def flower_subprocess(devices: int, d: int, shares: int, threshold: int, dropout: float, seed: int) -> dict:
+    """run_flower in the Flower venv: `<its python> bench/vs_flower.py --side flower ...`, JSON on the last line."""
+    python = flower_python()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    cmd = [str(python), str(Path(__file__).resolve()), "--side", "flower", "--devices", str(devices),
+           "--dimension", str(d), "--shares", str(shares), "--threshold", str(threshold),
+           "--dropout", repr(dropout), "--seed", str(seed)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=False)  # stderr: ours
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"vs_flower: the Flower side failed (exit status {proc.returncode}): {' '.join(cmd)}")
+    return json.loads(lines[-1])
+
+
+def main_flower(args: argparse.Namespace) -> int:
+    """`--side flower`: one setting, run in the Flower venv; imports neither sda nor assistant."""
+    from importlib.metadata import version
+
+    if args.shares is None or args.threshold is None or args.dimension is None:
+        raise SystemExit("vs_flower: --side flower needs --dimension, --shares and --threshold")
+    log(f"[flower side] flwr {version('flwr')}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    w0 = time.perf_counter()
+    flower = run_flower(int(args.devices), args.dimension, args.shares, args.threshold, args.dropout, args.seed)
+    flower["wall_s"] = round(time.perf_counter() - w0, 2)
+    print(json.dumps(flower))
+    return 0
+
+
+def main_both(args: argparse.Namespace) -> int:
+    from sda.simulation import default_thresholds
+
     d = args.dimension or head_dimension()
+    flower_python()  # made (or found) before ours runs, so a missing PyPI fails early
     result: dict = {}
     for devices in (int(v) for v in args.devices.split(",")):
         n = args.committee or committee_size(devices)
@@ -320,10 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_ours(devices, d, n, args.dropout, args.seed)
         ours["wall_s"] = round(time.perf_counter() - w0, 2)
         log(f"[{name}] ours {ours}")
-        log(f"[{name}] flower SecAgg+ (num_shares={shares}, reconstruction_threshold={threshold})")
-        w0 = time.perf_counter()
-        flower = run_flower(devices, d, shares, threshold, args.dropout, args.seed)
-        flower["wall_s"] = round(time.perf_counter() - w0, 2)
+        log(f"[{name}] flower SecAgg+ (num_shares={shares}, reconstruction_threshold={threshold}), in {FLOWER_VENV}")
+        flower = flower_subprocess(devices, d, shares, threshold, args.dropout, args.seed)
         log(f"[{name}] flower {flower}")
         ratios = {key: round(ours[key] / flower[key], 4) for key in ("device_cpu_s", "upload_bytes", "server_cpu_s")}
         result[name] = {"devices": devices, "dimension": d, "dropout": args.dropout,
@@ -331,6 +422,22 @@ def main(argv: list[str] | None = None) -> int:
     print(TOLERATES)
     print(json.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="progress on stderr; JSON as the last line")
+    parser.add_argument("--devices", default="100,1000", help="comma-separated device counts")
+    parser.add_argument("--dimension", type=int, default=None, help="default: the shipped head's size")
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--committee", type=int, default=None, help="ours' n (default min(80, max(3, devices//4)))")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side", choices=("both", "flower"), default="both",
+                        help="flower: internal, run by `both` in the Flower venv (one device count)")
+    parser.add_argument("--shares", type=int, default=None, help="--side flower: num_shares")
+    parser.add_argument("--threshold", type=int, default=None, help="--side flower: reconstruction_threshold")
+    args = parser.parse_args(argv)
+    return main_flower(args) if args.side == "flower" else main_both(args)
 
 
 if __name__ == "__main__":
