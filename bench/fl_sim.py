@@ -73,6 +73,7 @@ BUDGET_FA_H = 0.5
 NEAR_MISS_BAND = 0.3  # the store's default (StoreSettings.near_miss_band), in probability
 REFRACTORY = whole_frames(2.0)
 IMPLICIT_BEFORE = 1.0  # every simulated row is stamped at time 0: all unlabelled near misses are implicit negatives
+NEAR_MISS_QUOTA = 20  # near misses a device keeps a day (the store's default quota)
 VERIFIER_POOL = 20_000  # pool frames scored by each device's verifier: the highest under the base head
 FLIP = {Label.TRUE_ACCEPT: Label.FALSE_ACCEPT, Label.FALSE_ACCEPT: Label.TRUE_ACCEPT,
         Label.MISSED_WAKE_WORD: Label.FALSE_ACCEPT}
@@ -115,85 +116,61 @@ def threshold_at(scores: np.ndarray, hours: float, floor: float = -np.inf) -> fl
 
 
 class Sim:
-    """Devices, their owners' labels, and the evaluation of a head."""
+    """Devices, their owners' labels, and the evaluation of a head.
+
+    Positives are labelled once, under the base model (the owner's detections, near misses and "you missed me"
+    rows of the training half of their wake words). Negatives are what a device keeps while it listens, under
+    the head it runs: `Deployment.listen` (see there) each round."""
 
     def __init__(self, ds: FD.DeviceSet, pool: np.ndarray, hours: float, head: Head, seed: int, flip: float,
-                 background: np.ndarray | None = None, background_minutes: float = 0.0):
-        self.ds, self.hours, self.base = ds, hours, head
+                 background: np.ndarray, background_hours: float, background_minutes: float = 0.0):
+        self.ds, self.hours, self.base, self.flip = ds, hours, head, flip
         self.pool_windows = windows(pool, head.window)  # a view over the float16 stream
+        self.bg_windows, self.bg_hours = windows(background, head.window), background_hours
+        self.bg_span = min(len(self.bg_windows), int(background_minutes * 60 / FD.FRAME_S))
         self.n = ds.devices
+        self.seed = seed
         rng = np.random.default_rng(seed)
         self.base_threshold = self.threshold(head)
-        near_floor = _logit(max(1e-6, _sigmoid(self.base_threshold) - NEAR_MISS_BAND))
-        self.near_floor = near_floor
-        self.records: list[list[Record]] = [[] for _ in range(self.n)]
+        dev_th = self.device_threshold(head)
+        near_floor = near_miss_floor(dev_th)
+        self.near_floor = near_miss_floor(self.base_threshold)
+        self.positives: list[list[Record]] = [[] for _ in range(self.n)]
         self.test_clips: list[list[int]] = [[] for _ in range(self.n)]
+        self.negative_clips: list[list[int]] = [[] for _ in range(self.n)]
         rid = 0
         for c in range(len(ds.device)):
             d = int(ds.device[c])
             if ds.test[c]:
                 self.test_clips[d].append(c)
                 continue
-            e = ds.clip(c)
-            if len(e) < head.window:
-                continue
-            w = windows(e, head.window)
             lo, hi = int(ds.hit_lo[c]), int(ds.hit_hi[c])
-            if hi <= lo:
+            if int(ds.start[c + 1] - ds.start[c]) < head.window or hi <= lo:
                 continue
-            s = head.logits(w[lo:hi].astype(np.float64))
-            j = int(np.argmax(s))
-            best, score = np.ascontiguousarray(w[lo + j]), float(s[j])
-            if ds.positive[c]:
-                if score >= self.base_threshold:
-                    kind, label, emb = Kind.DETECTION, Label.TRUE_ACCEPT, best
-                elif score >= near_floor:
-                    kind, label, emb = Kind.NEAR_MISS, Label.MISSED_WAKE_WORD, best
-                else:
-                    kind, label, emb = Kind.CAPTURED_MISS, Label.MISSED_WAKE_WORD, e
-            elif score >= self.base_threshold:
-                kind, label, emb = Kind.DETECTION, Label.FALSE_ACCEPT, best
+            if not ds.positive[c]:
+                self.negative_clips[d].append(c)
+                continue
+            e = ds.clip(c)
+            w = windows(e, head.window)
+            sc = head.logits(w[lo:hi].astype(np.float64))
+            j = int(np.argmax(sc))
+            best, score = np.ascontiguousarray(w[lo + j]), float(sc[j])
+            if score >= dev_th:
+                kind, label, emb = Kind.DETECTION, Label.TRUE_ACCEPT, best
             elif score >= near_floor:
-                kind, label, emb = Kind.NEAR_MISS, Label.FALSE_ACCEPT, best
+                kind, label, emb = Kind.NEAR_MISS, Label.MISSED_WAKE_WORD, best
             else:
-                continue  # the owner never sees it
+                kind, label, emb = Kind.CAPTURED_MISS, Label.MISSED_WAKE_WORD, e
             if rng.random() < flip:
                 label = FLIP[label]
-            rid += 1
-            self.records[d].append(Record(rid, 0.0, kind, score, "base", None, False, emb, label, 0.0, None))
-        self.implicit = 0
-        if background is not None and background_minutes > 0:
-            rid = self._hear_background(background, background_minutes, rng, flip, rid)
-        self.active = [d for d in range(self.n) if self.records[d]]
-        self.union = [r for rs in self.records for r in rs]
+            rid -= 1  # positives count down, kept rows up: ids stay unique
+            self.positives[d].append(Record(rid, 0.0, kind, score, "base", None, False, emb, label, 0.0, None))
+        self.base_records = Deployment(self, seed).listen(head).records  # what the base model's devices keep
 
-    def _hear_background(self, background: np.ndarray, minutes: float, rng: np.random.Generator, flip: float,
-                         rid: int) -> int:
-        """Each device hears `minutes` of the background stream from its own random offset (the train-side pool,
-        never the evaluation's). What the device keeps, as its service would under the base model: a
-        detection (peak at or above the threshold), which the owner labels false accept (5% flipped), and a
-        near miss (peak in the near-miss band), which the owner leaves unlabelled: an implicit negative
-        (gradient.implicit_negative; the rows are stamped at time 0, long before `IMPLICIT_BEFORE`)."""
-        head = self.base
-        bw = windows(background, head.window)
-        scores = pool_logits(head, bw)
-        span = min(len(scores), int(minutes * 60 / FD.FRAME_S))
-        for d in range(self.n):
-            a = int(rng.integers(0, len(scores) - span + 1))
-            seg = scores[a : a + span]
-            for e in events(seg, self.near_floor, REFRACTORY):
-                j = a + int(e) + int(np.argmax(seg[e : e + REFRACTORY]))
-                score, emb = float(scores[j]), np.ascontiguousarray(bw[j], np.float32)
-                rid += 1
-                if score >= self.base_threshold:
-                    label = FLIP[Label.FALSE_ACCEPT] if rng.random() < flip else Label.FALSE_ACCEPT
-                    self.records[d].append(Record(rid, 0.0, Kind.DETECTION, score, "base", None, False, emb, label,
-                                                  0.0, None))
-                else:
-                    self.implicit += 1
-                    self.records[d].append(Record(rid, 0.0, Kind.NEAR_MISS, score, "base", None, False, emb, None,
-                                                  None, None))
-        return rid
+    def device_threshold(self, head: Head) -> float:
+        """The operating threshold a release states: 0.5 FA/h on the developer's own negatives (the background
+        pool; never the evaluation's)."""
+        return threshold_at(pool_logits(head, self.bg_windows), self.bg_hours)
 
     def threshold(self, head: Head) -> float:
         return threshold_at(pool_logits(head, self.pool_windows), self.hours)
@@ -211,8 +188,8 @@ class Sim:
         per = np.array([np.mean([self.clip_max(head, c) < th for c in cs]) for cs in self.test_clips if cs])
         return summary(per) | {"threshold_logit": th}
 
-    def union_loss(self, head: Head) -> float:
-        ex = examples_from(self.union, head, IMPLICIT_BEFORE)
+    def union_loss(self, head: Head, records: list[list[Record]]) -> float:
+        ex = examples_from([r for rs in records for r in rs], head, IMPLICIT_BEFORE)
         return head.loss_and_grad(ex.x, ex.y)[0]
 
     def local_verifier(self) -> dict:
@@ -227,7 +204,7 @@ class Sim:
         for d in range(self.n):
             if not self.test_clips[d]:
                 continue
-            ex = examples_from(self.records[d], head, IMPLICIT_BEFORE) if self.records[d] else None
+            ex = examples_from(self.base_records[d], head, IMPLICIT_BEFORE) if self.base_records[d] else None
             if ex is None or not len(ex) or len(set(ex.y.tolist())) < 2:
                 th, agree_pool = self.base_threshold, None
             else:
@@ -248,6 +225,78 @@ class Sim:
                 misses.append(not fired.any())
             per.append(np.mean(misses))
         return summary(np.array(per)) | {"active_verifiers": active}
+
+
+def near_miss_floor(threshold: float) -> float:
+    """The lowest logit the store keeps as a near miss under `threshold` (its band is in probability)."""
+    return _logit(max(1e-6, _sigmoid(threshold) - NEAR_MISS_BAND))
+
+
+class Deployment:
+    """The devices' stores while they run a sequence of heads (one per round, as if each were released).
+
+    `listen(head)`: each device runs `head` at its release's threshold (Sim.device_threshold) over its own
+    negative clips (confusable phrases, sentences and random words in its voice, noise and room) and over a new
+    `background_minutes` slice of the background pool from a random offset, and keeps what its service keeps: a
+    peak at or above the threshold is a detection, which the owner labels false accept; a peak in the near-miss
+    band is a near miss, which the owner labels false accept in its own clips (they review what the device
+    heard while they spoke) and leaves unlabelled in the background (an implicit negative once a day old:
+    gradient.implicit_negative). 5% of labels are flipped, at most NEAR_MISS_QUOTA near misses per device per
+    listen (the store's daily quota), and a window kept once is not kept again. The rows keep float16 views of
+    the embeddings (no copies)."""
+
+    def __init__(self, sim: Sim, seed: int):
+        self.sim = sim
+        self.rng = np.random.default_rng([seed, 0xB6])
+        self.records: list[list[Record]] = [list(p) for p in sim.positives]
+        self.seen: set[tuple[int, int, int]] = set()  # (device, clip or -1 for the background, window)
+        self.rid = 0
+        self.implicit = 0
+
+    def _keep(self, d: int, key: tuple[int, int, int], score: float, emb: np.ndarray, th: float,
+              labelled: bool) -> None:
+        self.seen.add(key)
+        self.rid += 1
+        if score >= th or labelled:
+            label = FLIP[Label.FALSE_ACCEPT] if self.rng.random() < self.sim.flip else Label.FALSE_ACCEPT
+            kind = Kind.DETECTION if score >= th else Kind.NEAR_MISS
+            self.records[d].append(Record(self.rid, 0.0, kind, score, "sim", None, False, emb, label, 0.0, None))
+        else:
+            self.implicit += 1
+            self.records[d].append(Record(self.rid, 0.0, Kind.NEAR_MISS, score, "sim", None, False, emb, None, None,
+                                          None))
+
+    def listen(self, head: Head) -> Deployment:
+        sim, ds = self.sim, self.sim.ds
+        th = sim.device_threshold(head)
+        floor = near_miss_floor(th)
+        bg = pool_logits(head, sim.bg_windows) if sim.bg_span else None
+        w1, b1, w2 = head.W1.astype(np.float32), head.b1.astype(np.float32), head.w2.astype(np.float32)
+        for d in range(sim.n):
+            found: list[tuple[float, tuple[int, int, int], np.ndarray, bool]] = []
+            for c in sim.negative_clips[d]:
+                e = ds.emb[ds.start[c] : ds.start[c + 1]]
+                w = windows(e, head.window)
+                sc = np.maximum(w.reshape(len(w), -1).astype(np.float32) @ w1 + b1, 0) @ w2 + float(head.b2)
+                for ev in events(sc, floor, REFRACTORY):
+                    j = int(ev) + int(np.argmax(sc[ev : ev + REFRACTORY]))
+                    if (d, c, j) not in self.seen:
+                        found.append((float(sc[j]), (d, c, j), w[j], True))
+            if bg is not None:
+                a = int(self.rng.integers(0, len(bg) - sim.bg_span + 1))
+                seg = bg[a : a + sim.bg_span]
+                for ev in events(seg, floor, REFRACTORY):
+                    j = a + int(ev) + int(np.argmax(seg[ev : ev + REFRACTORY]))
+                    if (d, -1, j) not in self.seen:
+                        found.append((float(bg[j]), (d, -1, j), sim.bg_windows[j], False))
+            near = sorted((f for f in found if f[0] < th), key=lambda f: -f[0])[:NEAR_MISS_QUOTA]
+            for score, key, emb, labelled in [f for f in found if f[0] >= th] + near:
+                self._keep(d, key, score, emb, th, labelled)
+        return self
+
+    @property
+    def active(self) -> list[int]:
+        return [d for d in range(self.sim.n) if self.records[d]]
 
 
 def _sigmoid(x: float) -> float:
@@ -283,15 +332,18 @@ def run_rounds(sim: Sim, start: Head, rounds: int, sigma: float | None, args, rn
     and its revealed sum must equal the in-process sum exactly; the others are summed in-process."""
     head = start
     state = FA.FedAdamState.start(head.flat(), FA.FedAdamConfig(learning_rate=args.server_lr))
-    d, n = head.size, len(sim.active)
+    dep = Deployment(sim, sim.seed).listen(sim.base)  # until round 1 the devices run the shipped model
+    d, n = head.size, len(dep.active)
     curve, norms = [], []
     for r in range(1, rounds + 1):
         t0 = time.time()
         head = unflatten(state.params, sim.base)
         total = np.zeros(d, np.int64)
+        active = dep.active
+        n = len(active)
         inputs = np.empty((n, d), np.int64) if r in mqtt_at else None
-        for k, dev in enumerate(sim.active):
-            g = device_gradient(head, sim.records[dev], args.clip_norm, IMPLICIT_BEFORE)
+        for k, dev in enumerate(active):
+            g = device_gradient(head, dep.records[dev], args.clip_norm, IMPLICIT_BEFORE)
             norms.append(g.norm)
             q = quantise(g.gradient, args.clip_norm, args.scale, P_DEFAULT, rng)
             if sigma is not None:
@@ -310,16 +362,21 @@ def run_rounds(sim: Sim, start: Head, rounds: int, sigma: float | None, args, rn
         state = FA.apply_round(state, f"{log}-{r}", FA.mean_gradient(total, args.scale, n),
                                cost if sigma is not None else RoundCost(0.0))
         head = unflatten(state.params, sim.base)
+        dep.listen(head)  # released: the devices run it until the next round and keep what it hears
         eps = epsilon_of(state.rho, args.delta) if sigma is not None else math.inf
-        row = {"round": r, "frr": sim.frr(head), "union_loss": sim.union_loss(head),
+        due = r == rounds or r % (1 if sigma is not None else args.eval_every) == 0
+        row = {"round": r, "frr": sim.frr(head) if due else None,
+               "union_loss": sim.union_loss(head, dep.records) if due else None,
+               "base_rows_loss": sim.union_loss(head, sim.base_records) if due else None, "participants": n,
+               "rows_kept": sum(map(len, dep.records)), "implicit_negatives": dep.implicit,
                "epsilon": eps if math.isfinite(eps) else None, "seconds": time.time() - t0,
                "aggregation": "mosquitto" if mqtt else "in-process"}
         if mqtt:
             row["mqtt"] = mqtt.summary()
         curve.append(row)
-        print(f"{log} round {r}: FRR {row['frr']['mean']:.3f} (worst decile {row['frr']['worst_decile']:.3f}),"
-              f" union loss {row['union_loss']:.4f}, eps {eps:.2f}, {row['seconds']:.1f} s", file=sys.stderr,
-              flush=True)
+        said = (f"FRR {row['frr']['mean']:.3f} (worst decile {row['frr']['worst_decile']:.3f}), union loss"
+                f" {row['union_loss']:.4f}" if due else "not evaluated")
+        print(f"{log} round {r}: {said}, eps {eps:.2f}, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
     curve[0]["median_gradient_norm"] = float(np.median(norms)) if norms else None
     return head, curve
 
@@ -337,18 +394,29 @@ def _mqtt_round(inputs: np.ndarray, sigma: float | None, args):
                             workdir=workdir)
 
 
-def train_oracle(sim: Sim, start: Head, steps: int, args, record_at: set[int]) -> tuple[Head, list[dict]]:
-    """Centralised: full-batch mean gradient over the union of labels, same FedAdam optimiser, no clip or noise."""
+def train_oracle(sim: Sim, start: Head, rounds: int, args) -> tuple[Head, list[dict]]:
+    """Centralised: the same deployment loop, but each round the server holds the union of every device's rows
+    and takes --oracle-steps full-batch steps of the mean gradient over it (same optimiser; no clipping, no
+    noise, no per-device averaging)."""
     state = FA.FedAdamState.start(start.flat(), FA.FedAdamConfig(learning_rate=args.server_lr))
+    dep = Deployment(sim, sim.seed).listen(sim.base)
     curve = []
-    for s in range(1, steps + 1):
+    for r in range(1, rounds + 1):
+        t0 = time.time()
+        union = [x for rs in dep.records for x in rs]
+        for k in range(args.oracle_steps):
+            head = unflatten(state.params, sim.base)
+            ex = examples_from(union, head, IMPLICIT_BEFORE)
+            state = FA.apply_round(state, f"oracle-{r}-{k}", head.loss_and_grad(ex.x, ex.y)[1], RoundCost(0.0))
         head = unflatten(state.params, sim.base)
-        ex = examples_from(sim.union, head, IMPLICIT_BEFORE)
-        _, g = head.loss_and_grad(ex.x, ex.y)
-        state = FA.apply_round(state, f"oracle-{s}", g, RoundCost(0.0))
-        if s in record_at:
-            h = unflatten(state.params, sim.base)
-            curve.append({"step": s, "frr": sim.frr(h), "union_loss": sim.union_loss(h)})
+        dep.listen(head)
+        due = r == rounds or r % args.eval_every == 0
+        row = {"round": r, "frr": sim.frr(head) if due else None,
+               "union_loss": sim.union_loss(head, dep.records) if due else None,
+               "rows_kept": sum(map(len, dep.records)), "seconds": time.time() - t0}
+        curve.append(row)
+        said = f"FRR {row['frr']['mean']:.3f}" if due else "not evaluated"
+        print(f"oracle round {r}: {said}, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
     return unflatten(state.params, sim.base), curve
 
 
@@ -361,9 +429,10 @@ def plot(path: Path, result: dict) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     r = [c["round"] for c in result["curves"]["federated"]]
     ax.plot(r, [c["frr"]["mean"] for c in result["curves"]["federated"]], "o-", label="federated, DP (ours)")
-    ax.plot(r, [c["frr"]["mean"] for c in result["curves"]["federated_no_noise"]], "s-", label="federated, no noise")
-    oc = result["curves"]["oracle"]
-    ax.plot([c["step"] for c in oc], [c["frr"]["mean"] for c in oc], "^-", label="oracle (centralised, per step)")
+    nn = [c for c in result["curves"]["federated_no_noise"] if c["frr"]]
+    ax.plot([c["round"] for c in nn], [c["frr"]["mean"] for c in nn], "s-", label="federated, no noise")
+    oc = [c for c in result["curves"]["oracle"] if c["frr"]]
+    ax.plot([c["round"] for c in oc], [c["frr"]["mean"] for c in oc], "^-", label="oracle (centralised)")
     for key, style, name in (("frr_base", "k--", "base model"), ("frr_local_verifier", "m:", "local verifier"),
                              ("frr_oracle", "g--", "oracle (final)")):
         ax.axhline(result[key], linestyle=style[1:], color=style[0], label=name)
@@ -390,13 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=2.0**12)
     ap.add_argument("--server-lr", type=float, default=5e-4,
                     help="FedAdam step size (also the oracle's); 3e-3 made every trained head worse faster")
-    ap.add_argument("--oracle-steps", type=int, default=0, help="default: max(rounds, 100)")
+    ap.add_argument("--oracle-steps", type=int, default=2,
+                    help="the oracle's full-batch steps per round (default 2)")
+    ap.add_argument("--eval-every", type=int, default=5,
+                    help="evaluate the no-noise and oracle runs every N rounds and at the last (ours: every round)")
     ap.add_argument("--label-noise", type=float, default=0.05)
     ap.add_argument("--negative-hours", type=float, default=6.0, help="the evaluation's shared negative pool")
     ap.add_argument("--background-hours", type=float, default=6.0,
                     help="the train-side background pool the devices hear (another seed than the evaluation's)")
     ap.add_argument("--background-minutes", type=float, default=60.0,
-                    help="background each device hears (its near misses become implicit negatives); 0: labels only")
+                    help="background each device hears a round (its near misses become implicit negatives)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-recentre", dest="recentre", action="store_false",
                     help="train from the shipped head as is (its operating point sits at logit ~7, where the"
@@ -420,11 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     timings["negatives_s"], timings["negatives_embedding_build_s"] = time.time() - t, built
     head = Head.load(FD.MODEL / "head.npz")
     t = time.time()
-    background = None
-    if args.background_minutes > 0:
-        background, _, built = FD.load_negatives(args.background_hours, FD.BACKGROUND_SEED)
-        timings["background_embedding_build_s"] = built
-    sim = Sim(ds, pool, hours, head, args.seed, args.label_noise, background, args.background_minutes)
+    background, bg_hours, built = FD.load_negatives(args.background_hours, FD.BACKGROUND_SEED)
+    timings["background_embedding_build_s"] = built
+    sim = Sim(ds, pool, hours, head, args.seed, args.label_noise, background, bg_hours, args.background_minutes)
     timings["labelling_s"] = time.time() - t
 
     sigma, eps_final = choose_noise(args.rounds, args.epsilon, args.delta, args.clip_norm, args.scale, head.size)
@@ -448,14 +518,14 @@ def main(argv: list[str] | None = None) -> int:
                              "no-noise")
     timings["federated_no_noise_s"] = time.time() - t
     t = time.time()
-    steps = args.oracle_steps or max(args.rounds, 100)
-    oracle_head, curve_or = train_oracle(sim, start, steps, args, set(range(1, args.rounds + 1)))
-    oracle = sim.frr(oracle_head)
+    _, curve_or = train_oracle(sim, start, args.rounds, args)
+    oracle = curve_or[-1]["frr"]
     timings["oracle_s"] = time.time() - t
 
     fed = curve_dp[-1]["frr"]
     gap = base["mean"] - oracle["mean"]
-    labels = [r.label for r in sim.union]
+    base_rows = [r for rs in sim.base_records for r in rs]
+    labels = [r.label for r in base_rows]
     result = {
         "devices": ds.devices, "rounds": args.rounds, "epsilon": eps_final, "delta": args.delta,
         "frr_base": base["mean"], "frr_federated": fed["mean"], "frr_federated_no_noise": curve_nn[-1]["frr"]["mean"],
@@ -470,12 +540,15 @@ def main(argv: list[str] | None = None) -> int:
                        " clerks, every device a ParticipantClient) over a real Mosquitto, its revealed sum checked"
                        " equal to the devices' sum; the other rounds and variants: the in-process sum of the same"
                        " quantised, noised integer vectors",
-        "participating_devices": len(sim.active), "implicit_negatives": sim.implicit,
+        "participating_devices_round_1": curve_dp[0]["participants"],
+        "rows_kept_at_start": len(base_rows), "rows_kept_at_end": curve_dp[-1]["rows_kept"],
+        "implicit_negatives_at_end": curve_dp[-1]["implicit_negatives"],
         "background_minutes_per_device": args.background_minutes,
         "labels": {str(k): labels.count(k) for k in set(labels)},
-        "label_kinds": {str(k): sum(r.kind == k for r in sim.union) for k in Kind},
+        "label_kinds_at_start": {str(k): sum(r.kind == k for r in base_rows) for k in Kind},
         "noise_sigma_quantised": sigma, "noise_multiplier": sigma / (args.clip_norm * args.scale),
-        "clip_norm": args.clip_norm, "scale": args.scale, "server_lr": args.server_lr, "oracle_steps": steps,
+        "clip_norm": args.clip_norm, "scale": args.scale, "server_lr": args.server_lr,
+        "oracle_steps_per_round": args.oracle_steps,
         "recentred_b2": args.recentre, "label_noise": args.label_noise, "clips_per_device": args.clips_per_device,
         "negative_pool_hours": hours, "base_threshold_logit": base["threshold_logit"],
         "oracle_threshold_logit": oracle["threshold_logit"], "local_verifiers_active": lv["active_verifiers"],
