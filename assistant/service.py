@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
+from .analytics.counters import count, count_at_hour
 from .audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, RingBuffer
 from .control import ControlServer, default_control_path
 from .errors import AssistantError, ControlError
@@ -296,8 +297,11 @@ class DeviceService:
                                          lambda: _Moment(self._clip(), self._window(self._engine.head.window),
                                                          now, threshold, self.model_version))
         if heard is not None:
-            self._writer.submit(lambda: self._store.record_detection(
-                clip, heard.score, heard.model_version, window, time_s=heard.time_s))
+            def save_detection() -> None:
+                self._store.record_detection(clip, heard.score, heard.model_version, window, time_s=heard.time_s)
+                count_at_hour(self._store, "detection.accepted", heard.time_s)
+
+            self._writer.submit(save_detection)
             if self._hermes is not None:
                 self._hermes.detected(heard.wakeword, heard.score, heard.stream_s, heard.model_version)
             if self._on_detection is not None:
@@ -305,6 +309,7 @@ class DeviceService:
         if rejected is not None:
             score = step.detection.score  # type: ignore[union-attr]  # rejected only where it fired
             log.info("the personal verifier rejected a detection (score %.3f): saved as a near miss", score)
+            self._writer.submit(lambda: count(self._store, "detection.rejected_by_verifier", time_s=now))
             # The store keeps a near miss only strictly under the threshold it is given, and a rejection scored at
             # or above the detector's: it is given the score's successor, so a rejection is kept whenever near
             # misses are (band > 0, today's quota not used up), as the owner set them.
@@ -319,6 +324,7 @@ class DeviceService:
                                             m.model_version, m.embeddings, time_s=m.time_s) is not None:
                 with self._lock:
                     self._near_misses += 1
+                count_at_hour(self._store, "near_miss.saved", m.time_s)
 
         self._writer.submit(job)
 

@@ -62,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_service_parsers(sub)
+    _add_analytics_parsers(sub)
     return parser
+
+
+def _add_analytics_parsers(sub: argparse._SubParsersAction) -> None:
+    an = sub.add_parser("analytics", help="reports of the revealed daily counters (aggregations analytics.DAY)")
+    ansub = an.add_subparsers(dest="action", metavar="ACTION")
+    rep = ansub.add_parser("report", help="a day's revealed counters with their noise std, and a PNG chart",
+                           description="Print the revealed counters of aggregation analytics.DAY (names from the"
+                           " aggregation's stored spec) with the std of their DP noise, and write a bar chart"
+                           " with error bars.")
+    rep.add_argument("--day", required=True, help="the day, YYYY-MM-DD")
+    rep.add_argument("--state", type=Path, required=True, help="the coordinator's state directory")
+    _add_database_arg(rep)
+    rep.add_argument("--chart", type=Path, default=None,
+                     help="where to write the PNG (default: analytics-DAY.png in the current directory)")
+    rep.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _add_broker_args(p: argparse.ArgumentParser) -> None:
@@ -193,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             from .services.cli import committee_command
 
             return committee_command(args)
+        if args.command == "analytics":
+            from .services.cli import analytics_command
+
+            return analytics_command(args)
         if args.command == "admin":
             from .services.cli import admin_command
 

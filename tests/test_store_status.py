@@ -166,5 +166,5 @@ def test_a_v2_database_migrates_to_the_ledger_tables_with_its_rows(tmp_path):
         assert store.undo_last_label()[0].detection_id == 1  # the old history still undoes
     db = sqlite3.connect(root / "store.db")
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4  # 4: analytics_counts (tests/test_analytics.py covers that step)
     db.close()

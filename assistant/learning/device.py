@@ -1,7 +1,9 @@
 """The device's connection to federated learning (DESIGN §8), started by `assistant run` next to the service
 when the owner opted in: sda's participant client answering learning announces from the store's labels
-(client.LearningClient), and a release listener that verifies, checks and installs signed releases into the
-device's versioned model directory and hot-swaps them into the running service (install.ReleaseListener).
+(client.LearningClient) and, through the same client, the daily analytics announces when the owner opted in to
+those too (analytics.participate.AnalyticsClient); and a release listener that verifies, checks and installs
+signed releases into the device's versioned model directory and hot-swaps them into the running service
+(install.ReleaseListener).
 
     versions = ModelVersions.adopt(model_versions_dir(store.root), shipped_model_dir)
     service = DeviceService(store, ServiceConfig(versions.current), ...)
@@ -31,6 +33,7 @@ from sda.protocol.participant import ParticipantPolicy
 from sda.services.keys import Credentials, load_or_create_identity
 from sda.services.participant import ParticipantClient, ParticipantConfig, ParticipationLog
 
+from ..analytics.participate import AnalyticsClient
 from ..errors import AssistantError
 from ..store import Store
 from .client import LearningClient, model_clip_norm, model_head
@@ -146,9 +149,13 @@ class DeviceLearning:
         current = versions.current
         # The head and clip norm are read from the installed version at each announce: after a release or a
         # rollback the next round's gradient is taken at the head the service runs.
+        # One participant client answers both: learning announces here, the daily analytics ones (sent only
+        # when the owner opted in to analytics, checked at each announce) through the fallback.
+        self.analytics = AnalyticsClient(store)
         self.learning = LearningClient(store, config.model_id, head=lambda: model_head(current),
                                        clip_norm=lambda: model_clip_norm(current),
-                                       policy=LearningPolicy(min_new_labels=config.min_new_labels))
+                                       policy=LearningPolicy(min_new_labels=config.min_new_labels),
+                                       fallback=self.analytics.provide)
         self.participant: ParticipantClient = self.learning.participant_client(
             ParticipantConfig(config.device_id, config.broker, config.coordinator_id, config.coordinator_sign_key,
                               ParticipantPolicy(min_participants=config.min_crowd)),

@@ -24,6 +24,11 @@ def local_day(time_s: float) -> tuple[float, float]:
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
 
 
+def local_date(time_s: float) -> str:
+    """The local calendar day holding `time_s`, as YYYY-MM-DD (the key of a day's analytics counters)."""
+    return datetime.fromtimestamp(time_s).date().isoformat()
+
+
 @dataclass(frozen=True)
 class RowState:
     """What retention needs to know of one row."""

@@ -67,6 +67,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             tokens INTEGER NOT NULL)  -- earned; negative for a penalty""",
         "CREATE INDEX clerk_jobs_time ON clerk_jobs (time)",
     ),
+    # 4: the daily usage counters (assistant.analytics): one row per local day and event, counts as they
+    # happened (unclipped: the clip to the event's declared range happens when a day's vector is built).
+    (
+        """CREATE TABLE analytics_counts (
+            day TEXT NOT NULL,  -- local calendar day, YYYY-MM-DD
+            event TEXT NOT NULL,
+            count INTEGER NOT NULL CHECK (count >= 0),
+            PRIMARY KEY (day, event))""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from sda.sqlite import LockedDatabase, connect_sqlite
 from ..audio import RingBuffer
 from ..errors import StoreError
 from .clips import PARTIAL_SUFFIX, clip_file, clip_name, is_abandoned, publish, write_partial
-from .policy import RowState, in_near_miss_band, local_day, plan_retention
+from .policy import RowState, in_near_miss_band, local_date, local_day, plan_retention
 from .rows import (
     ClerkJob,
     ClerkStatus,
@@ -315,6 +315,24 @@ class Store(LockedDatabase):
                        (limit,))
         return [ClerkJob(*r) for r in rows]
 
+    # --- analytics counters (assistant.analytics checks the names; the store keeps what it is given) ----
+
+    def count_events(self, counts: Mapping[str, int], time_s: float | None = None) -> None:
+        """Add `counts` (event name -> n >= 0) to the counters of the local day holding `time_s`, in one
+        transaction; StoreError for a negative or non-integer count (nothing added then)."""
+        for name, n in counts.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise StoreError(f"analytics event {name!r}: count {n!r}; need a whole number >= 0")
+        day = local_date(self._now(time_s))
+        with self._tx() as db:
+            db.executemany("INSERT INTO analytics_counts VALUES (?, ?, ?)"
+                           " ON CONFLICT (day, event) DO UPDATE SET count = count + excluded.count",
+                           [(day, name, n) for name, n in counts.items() if n])
+
+    def event_counts(self, day: str) -> dict[str, int]:
+        """The counters of local day `day` (YYYY-MM-DD), as counted (unclipped)."""
+        return {e: int(n) for e, n in self._q("SELECT event, count FROM analytics_counts WHERE day = ?", (day,))}
+
     # --- settings and retention -------------------------------------------------------------------
 
     def settings(self) -> Settings:
@@ -374,6 +392,7 @@ class Store(LockedDatabase):
                                 " FROM learning_rounds ORDER BY time").fetchall()
             clerk = db.execute("SELECT opted_in, stake, updated_at FROM clerk_status").fetchall()
             jobs = db.execute("SELECT job_id, time, tokens FROM clerk_jobs ORDER BY time").fetchall()
+            counters = db.execute("SELECT day, event, count FROM analytics_counts ORDER BY day, event").fetchall()
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
             rows = []
@@ -395,7 +414,8 @@ class Store(LockedDatabase):
                 "learning_rounds": [dict(zip(("round_id", "time", "epsilon_spent", "delta", "status", "label_count"),
                                              r, strict=True)) for r in rounds],
                 "clerk": {"status": [dict(zip(("opted_in", "stake", "updated_at"), c, strict=True)) for c in clerk],
-                          "jobs": [dict(zip(("job_id", "time", "tokens"), j, strict=True)) for j in jobs]}},
+                          "jobs": [dict(zip(("job_id", "time", "tokens"), j, strict=True)) for j in jobs]},
+                "analytics_counts": [dict(zip(("day", "event", "count"), c, strict=True)) for c in counters]},
                 indent=1))
         os.replace(partial, path)
         return path
@@ -406,7 +426,7 @@ class Store(LockedDatabase):
         no rows, and its next write fails."""
         with self._tx() as db:  # rows first, so a process that still has the database open sees them gone
             for table in ("label_history", "labels", "detections", "settings", "learning_rounds", "clerk_status",
-                          "clerk_jobs"):
+                          "clerk_jobs", "analytics_counts"):
                 db.execute(f"DELETE FROM {table}")
         with self._lock:
             self._db.close()

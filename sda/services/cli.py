@@ -276,3 +276,31 @@ def committee_command(args: argparse.Namespace) -> int:
         return 1
     print(f"OK: the committee of {a.aggregation_id} ({a.n} clerks) is the log-stake draw from its snapshot")
     return 0
+
+
+def analytics_command(args: argparse.Namespace) -> int:
+    """`sda analytics report --day D`: the day's revealed counters as a table and a PNG chart."""
+    from dataclasses import asdict
+
+    from .report import analytics_id, day_report, format_table, write_chart
+
+    if args.action != "report":
+        print("sda analytics: choose an action: report (see --help)", file=sys.stderr)
+        return 2
+    agg = analytics_id(args.day)
+    store = open_store(args.database, args.state, must_exist=True)
+    try:
+        row = store.aggregation(agg)
+    finally:
+        store.close()
+    if row is None:
+        print(f"sda: error: no aggregation {agg!r} in {args.state}", file=sys.stderr)
+        return 1
+    report = day_report(agg, row.state, row.spec, row.result, row.error)
+    chart = write_chart(report, args.chart or Path(f"analytics-{args.day}.png"))
+    if args.json:
+        print(json.dumps({**asdict(report), "chart": str(chart)}))
+    else:
+        print(format_table(report))
+        print(f"chart: {chart}")
+    return 0

@@ -83,6 +83,18 @@ class AggregationSpec:
     noise_added_by: str = "none"
     noise_sigma: float = 0.0
     noise_headroom: int = 0
+    # What the revealed coordinates mean, for reports (sda.services.report): one name per coordinate, or none;
+    # and the (epsilon, delta) the requester states for the release. sda only stores and shows them: the
+    # accounting needs the input ranges, which the product knows and sda does not.
+    labels: tuple[str, ...] = ()
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))  # a list after a JSON round trip
+        if self.labels and len(self.labels) != self.dimension:
+            raise SdaError(f"aggregation {self.aggregation_id}: {len(self.labels)} labels for dimension"
+                           f" {self.dimension}; give one per coordinate or none")
 
 
 @dataclass(frozen=True)

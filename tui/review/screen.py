@@ -13,11 +13,12 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from assistant.analytics import count_many
 from assistant.errors import AssistantError
 from assistant.store import Label, Store
 
 from ..messages import CaptureEnded, PlaybackEnded, ScoresReady
-from ..wording import KIND_WORDS, LABEL_WORDS
+from ..wording import KIND_WORDS, LABEL_KEYS, LABEL_WORDS
 from .detail import DetailPane
 from .playback import Player
 from .scores import Rescorer, ScoreCurve
@@ -25,6 +26,10 @@ from .table import QueueTable
 
 HINT = "↑↓ move  space picks  a picks all unlabelled  esc unpicks  f filter  r reload"
 LABELS = Binding.Group("label", compact=True)
+
+
+# The key that gives each label: the analytics counter tui.key.{key} of a labelling action.
+_KEY_OF_LABEL = {label: key for key, label in LABEL_KEYS.items()}
 
 
 class ReviewScreen(Screen):
@@ -123,6 +128,13 @@ class ReviewScreen(Screen):
         newest = self.store.review_queue(unlabelled_only=False, limit=1)
         return newest[0].id if newest else None
 
+    def _count(self, counts: dict[str, int]) -> None:
+        """Add to today's usage counters (assistant.analytics); a failure is shown, never fatal to the UI."""
+        try:
+            count_many(self.store, counts)
+        except AssistantError as exc:
+            self.say(f"usage counters not updated: {exc}", error=True)
+
     def _check_for_new_rows(self) -> None:
         newest = self._newest_id()
         if newest is not None and newest != self._newest_seen:
@@ -144,6 +156,7 @@ class ReviewScreen(Screen):
         except AssistantError as exc:
             self.say(f"not labelled: {exc}", error=True)
             return
+        self._count({f"tui.key.{_KEY_OF_LABEL[label]}": 1, f"label.{label.value}": len(ids)})
         table.show_labels(dict.fromkeys(ids, label))
         if table.picked:
             table.clear_picks()
@@ -160,6 +173,7 @@ class ReviewScreen(Screen):
         except AssistantError as exc:
             self.say(f"not undone: {exc}", error=True)
             return
+        self._count({"tui.key.z": 1, "label.undo": 1 if changes else 0})
         if not changes:
             self.say("nothing to undo")
             return
@@ -215,6 +229,7 @@ class ReviewScreen(Screen):
         if record is None or path is None:
             self.say("no clip to play: retention removed it" if record else "nothing selected", error=True)
             return
+        self._count({"tui.key.p": 1})
         self.say(f"playing #{record.id} ({KIND_WORDS[record.kind]}); p stops")
         self._play(record.id, path)
 
@@ -239,6 +254,7 @@ class ReviewScreen(Screen):
     # --- "you missed me" -------------------------------------------------------------------------------------
 
     def action_missed_me(self) -> None:
+        self._count({"tui.key.!": 1})
         seconds = self.store.settings().capture_seconds
         if self.control_path is None:
             self.say("no control socket given (assistant tui --control PATH)", error=True)
