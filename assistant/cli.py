@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tui_parser(sub)
     _data_parser(sub)
     _learning_parser(sub)
+    _analytics_parser(sub)
     _coordinator_parser(sub)
     return parser
 
@@ -87,6 +88,25 @@ def _learning_parser(sub) -> None:
                           help="rollback: the control socket of a running `assistant run` (default:"
                           " DIR/control.sock in the store)")
     learning.add_argument("--json", action="store_true", help="status: one JSON object")
+
+
+def _analytics_parser(sub) -> None:
+    """`assistant analytics`: the owner's say over the daily usage counters."""
+    an = sub.add_parser(
+        "analytics", help="opt in or out of private usage analytics, see what a day would send",
+        description="Private usage analytics: the device counts what happens each day (detections, labels, keys,"
+        " errors, ...), each counter clipped to a small declared range. With the owner's opt-in it answers each"
+        " finished day's secure aggregation with those counters; the developer sees only the sum over many"
+        " devices, with noise from the committee's clerks. `status` shows whether it is opted in and the most"
+        " differential-privacy epsilon a day may cost (a day announcing less noise is refused); `opt-in` and"
+        " `opt-out` change the setting; `show` prints a day's counters as they would be sent. Answers go out only"
+        " while `assistant run` is started with --credentials (or --broker and --coordinator-key).")
+    an.add_argument("action", choices=["status", "opt-in", "opt-out", "show"])
+    an.add_argument("--day", default=None, metavar="YYYY-MM-DD",
+                    help="show: the local day (default: yesterday, the latest one a device answers for)")
+    an.add_argument("--store", type=Path, default=None, metavar="DIR",
+                    help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
+    an.add_argument("--json", action="store_true", help="status, show: one JSON object")
 
 
 def _coordinator_parser(sub) -> None:
@@ -138,6 +158,20 @@ def _coordinator_parser(sub) -> None:
     co.add_argument("--learning-rate", type=float, default=1e-2, help="FedAdam's server learning rate (default 0.01)")
     co.add_argument("--grant-stake", type=int, default=0,
                     help="tokens minted and staked for each new clerk (demos and tests; default 0)")
+    co.add_argument("--analytics", action="store_true",
+                    help="also request each finished local day's analytics aggregation (analytics.YYYY-MM-DD) once,"
+                    " --analytics-grace seconds after midnight (and at start-up for yesterday if not requested yet),"
+                    " and print each revealed day with its (epsilon, delta)")
+    co.add_argument("--analytics-grace", type=float, default=600.0, metavar="SECONDS",
+                    help="seconds after local midnight before the day just ended is requested (default 600)")
+    co.add_argument("--analytics-epsilon", type=float, default=1.0,
+                    help="the epsilon per device of one day's release, at delta 1e-6 (default 1)")
+    co.add_argument("--analytics-min-participants", type=int, default=100,
+                    help="devices a day's aggregation needs (default 100)")
+    co.add_argument("--analytics-committee-size", type=int, default=12,
+                    help="clerks in a day's committee, each adding its share of the noise (default 12)")
+    co.add_argument("--analytics-collect-seconds", type=float, default=3600.0,
+                    help="how long a day's aggregation collects answers (default 3600)")
     co.add_argument("--database", default=None,
                     help="coordinator database: postgresql://..., sqlite:///PATH or a path (default: SQLite at"
                     " STATE/coordinator.db)")
@@ -192,9 +226,11 @@ def _run_parser(sub) -> None:
                      help="do not let the personal verifier (trained on your labels, on this device only) turn"
                      " detections it doubts into near misses")
     fl = run.add_argument_group(
-        "learning", "Take part in learning rounds and install signed releases, when the owner opted in (`assistant"
-        " learning opt-in`). Either --credentials, or --broker with --coordinator-key. The model then runs from"
-        " DIR/models in the store, where releases are installed.")
+        "learning and analytics", "Take part in learning rounds and install signed releases, when the owner opted"
+        " in (`assistant learning opt-in`), and answer the daily analytics aggregations, when the owner opted in"
+        " to those (`assistant analytics opt-in`); opted out of both, nothing connects. Either --credentials, or"
+        " --broker with --coordinator-key. The model then runs from DIR/models in the store, where releases are"
+        " installed.")
     fl.add_argument("--credentials", type=Path, default=None, metavar="FILE",
                     help="the device's credentials from `sda admin add-device NAME` (device id, broker login,"
                     " coordinator id and keys)")
@@ -305,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         return _data(args)
     if args.command == "learning":
         return _learning(args)
+    if args.command == "analytics":
+        return _analytics(args)
     if args.command == "coordinator":
         return _coordinator(args)
     build_parser().print_help()
@@ -425,9 +463,17 @@ def _learning_setup(args: argparse.Namespace, store_dir: Path):
     in. Without them, a release installed earlier keeps running unless --model says otherwise."""
     import logging
 
+    from .analytics.counters import count_quietly
     from .errors import AssistantError
     from .kws.model import default_model_dir, load_model
-    from .learning.device import DeviceLearning, LearningConfig, default_device_key, model_versions_dir
+    from .learning.device import (
+        DeviceAnalytics,
+        DeviceLearning,
+        LearningConfig,
+        connection_for,
+        default_device_key,
+        model_versions_dir,
+    )
     from .learning.install import ModelVersions
 
     shipped = args.model or default_model_dir()
@@ -447,11 +493,22 @@ def _learning_setup(args: argparse.Namespace, store_dir: Path):
     versions = ModelVersions.adopt(root, shipped)
 
     def attach(store, service):
-        if not store.settings().learning_opt_in:
+        settings = store.settings()
+        which = connection_for(settings.learning_opt_in, settings.analytics_opt_in)
+        if which != "learning":
             logging.getLogger("assistant.learning").info(
                 "learning: not opted in (`assistant learning opt-in`): no rounds, no releases")
+        if which is None:
+            logging.getLogger("assistant.analytics").info(
+                "analytics: not opted in (`assistant analytics opt-in`): no connection")
             return None
-        return DeviceLearning(store, versions, service.reload, config).start().stop
+        try:
+            if which == "analytics":
+                return DeviceAnalytics(store, config).start().stop
+            return DeviceLearning(store, versions, service.reload, config).start().stop
+        except AssistantError:
+            count_quietly(store, "error.broker_unreachable")
+            raise
 
     return versions.current, attach
 
@@ -496,6 +553,49 @@ def _learning(args: argparse.Namespace) -> int:
         return 1
 
 
+def _analytics(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .analytics import commands
+    from .errors import AssistantError
+    from .service import default_store_dir
+
+    root = args.store or default_store_dir()
+    try:
+        if args.day is not None and args.action != "show":
+            raise AssistantError("--day goes with show")
+        if args.action in ("opt-in", "opt-out"):
+            commands.set_opt_in(root, args.action == "opt-in")
+            st = commands.status(root)
+            print(f"opted in: each finished day's counters are sent, at most epsilon {st.max_day_epsilon:g} a day"
+                  if st.opted_in else "opted out: no day's counters will be sent")
+            return 0
+        if args.action == "status":
+            st = commands.status(root)
+            print(json.dumps(st.as_json()) if args.json else st.render())
+            return 0
+        day = commands.parse_day(args.day) if args.day is not None else commands.last_day()
+        counters = commands.day_counters(root, day)
+        opted_in = commands.status(root).opted_in
+        if args.json:
+            print(json.dumps({"day": day, "opted_in": opted_in, "counters": [asdict(c) for c in counters]}))
+            return 0
+        shown = [c for c in counters if c.counted]
+        print(f"{day}: {sum(c.sent for c in counters)} events in {len(shown)} of {len(counters)} counters"
+              f" ({'sent when the day is asked for' if opted_in else 'not sent: not opted in'})")
+        if shown:
+            width = max(len(c.name) for c in shown)
+            print(f"{'event':<{width}}  {'count':>5}  {'max':>4}")
+            for c in shown:
+                clipped = f"  (counted {c.counted}, clipped)" if c.counted != c.sent else ""
+                print(f"{c.name:<{width}}  {c.sent:>5}  {c.max_count:>4}{clipped}")
+        return 0
+    except AssistantError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _coordinator(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -504,6 +604,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     from sda.errors import SdaError
     from sda.mqtt.transport import BrokerConfig
 
+    from .analytics.coordinate import AnalyticsConfig
     from .errors import AssistantError
     from .kws.model import load_model
     from .learning import coordinate
@@ -523,10 +624,16 @@ def _coordinator(args: argparse.Namespace) -> int:
                                 max_participants=args.max_participants, collect_s=args.collect_seconds,
                                 results_s=args.results_seconds, noise_mode=args.noise_added_by,
                                 committee_size=args.committee_size),
-            args.grant_stake, args.database)
-        print(f"coordinator running learning rounds of {model_id} every {args.every:g} s (state {args.state});"
-              " Ctrl-C to stop", file=sys.stderr, flush=True)
-        coordinate.run(setup, stop, lambda o: print(coordinate.describe(o), flush=True))
+            args.grant_stake, args.database,
+            AnalyticsConfig(epsilon=args.analytics_epsilon, committee_size=args.analytics_committee_size,
+                            min_participants=args.analytics_min_participants,
+                            collect_s=args.analytics_collect_seconds) if args.analytics else None,
+            args.analytics_grace)
+        daily = " and each day's analytics" if args.analytics else ""
+        print(f"coordinator running learning rounds of {model_id} every {args.every:g} s{daily} (state"
+              f" {args.state}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        coordinate.run(setup, stop, lambda o: print(coordinate.describe(o), flush=True),
+                       lambda d: print(d.describe(), flush=True))
     except (AssistantError, SdaError) as exc:
         print(f"assistant: error: {exc}", file=sys.stderr)
         return 1

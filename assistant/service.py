@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
-from .analytics.counters import count, count_at_hour
+from .analytics.counters import count, count_at_hour, count_quietly
 from .audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, RingBuffer
 from .control import ControlServer, default_control_path
 from .errors import AssistantError, ControlError
@@ -159,8 +159,8 @@ class _StoreWriter:
     """Runs store writes in one thread, in order, so the audio loop does not wait on the disk or the
     database; between writes, every SETTINGS_REFRESH_S, calls `refresh`."""
 
-    def __init__(self, refresh: Callable[[], None]):
-        self._refresh = refresh
+    def __init__(self, refresh: Callable[[], None], on_error: Callable[[], None] = lambda: None):
+        self._refresh, self._on_error = refresh, on_error
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(WRITE_QUEUE)
         self._thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
         self._thread.start()
@@ -188,8 +188,9 @@ class _StoreWriter:
                 if time.monotonic() >= due:
                     due = time.monotonic() + SETTINGS_REFRESH_S
                     self._refresh()
-            except Exception:  # a failed write is logged; the service keeps listening
+            except Exception:  # a failed write is logged (and counted); the service keeps listening
                 log.exception("store write failed")
+                self._on_error()
 
 
 def _idle() -> None:
@@ -238,7 +239,7 @@ class DeviceService:
         self._retention_due = time.monotonic()  # at start-up, then every RETENTION_EVERY_S
         self._frames = self._detections = self._near_misses = self._rejected = 0
         self._personal = PersonalVerifier(store, self._engine.head, config.verifier_policy) if config.verifier else None
-        self._writer = _StoreWriter(self._refresh)
+        self._writer = _StoreWriter(self._refresh, lambda: count_quietly(store, "error.store_write"))
 
     def _load(self, files: ModelFiles | None = None) -> tuple[ModelFiles, Engine]:
         files = files or load_model(self.config.model_dir)
@@ -347,6 +348,7 @@ class DeviceService:
                 self._personal.refresh()
             except AssistantError as exc:  # e.g. a verifier file it cannot write: detections pass meanwhile
                 log.warning("personal verifier not retrained: %s", exc)
+                count_quietly(self._store, "error.verifier_train")
 
     def _refresh_settings(self) -> None:
         self._band = self._store.settings().near_miss_band  # a float: replaced atomically
@@ -410,12 +412,17 @@ class DeviceService:
         period carried over), then, under the lock, the frames that arrived meanwhile. Returns its version.
         A model that fails its card leaves the running one in place."""
         with self._reload_lock:
-            files, engine = self._load()
+            try:
+                files, engine = self._load()
+            except Exception:
+                count_quietly(self._store, "error.model_load")
+                raise
             if self._personal is not None:  # over the new head's windows, before it hears anything
                 try:
                     self._personal.retrain(engine.head)
                 except AssistantError as exc:
                     log.warning("personal verifier not retrained for the new model: %s", exc)
+                    count_quietly(self._store, "error.verifier_train")
             with self._lock:
                 audio, mark = self._ring.last(), self._frames
             steps = _warm(engine, audio)  # the slow part, while the audio loop carries on with the old engine
@@ -430,6 +437,7 @@ class DeviceService:
                 self._scores.extend(s.score for s in steps)
                 version = self.model_version
             log.info("reloaded the model: now %s, threshold %g", version, engine.detector.threshold)
+            count_quietly(self._store, "service.reloaded")
             return version
 
     def close(self) -> Summary:
@@ -473,6 +481,7 @@ def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], 
                     service.close()
                     raise
                 control.start(service)
+                count_quietly(store, "service.started")
                 log.info("listening to %s: %s model %s, threshold %g; store %s; control %s", config.source,
                          service.wakeword_id, service.model_version, service.status()["threshold"], store.root,
                          control.path)

@@ -8,6 +8,7 @@ against the registry before anything is written, so a typo fails loudly in tests
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from ..store import Store
 from .registry import check_event, day_vector
+
+log = logging.getLogger(__name__)
 
 
 def count(store: Store, event: str, n: int = 1, time_s: float | None = None) -> None:
@@ -39,3 +42,12 @@ def count_at_hour(store: Store, event: str, time_s: float) -> None:
     e.g. detection.accepted at 07:42 also counts detection.hour_07."""
     family = event.partition(".")[0]
     count_many(store, {event: 1, f"{family}.hour_{datetime.fromtimestamp(time_s).hour:02d}": 1}, time_s)
+
+
+def count_quietly(store: Store, event: str, n: int = 1, time_s: float | None = None) -> None:
+    """`count`, for code paths a counter must never break (an error handler, a round, an install): any failure
+    (a locked or full store, a closed one) is logged at debug level and dropped."""
+    try:
+        count(store, event, n, time_s)
+    except Exception as exc:  # a usage counter is never worth the code path it sits in
+        log.debug("analytics counter %s not counted: %s", event, exc)

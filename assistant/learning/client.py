@@ -30,16 +30,21 @@ from sda import crypto
 from sda.protocol.messages import Announce
 from sda.services.participant import ParticipantClient, ParticipantConfig, ParticipationLog
 
+from ..analytics.counters import count_quietly
 from ..errors import AssistantError
 from ..kws.head import Head
 from ..kws.model import load_model
 from ..store import Store
 from .errors import LearningError
 from .participate import NotEligible, PreparedParticipation, RoundSpec, prepare, record_refusal
-from .policy import LearningPolicy
+from .policy import LearningPolicy, Refusal
 from .privacy import DEFAULT_DELTA, Accounting
 
 log = logging.getLogger(__name__)
+
+#: The analytics counter of each reason a device stays out of a round (others: learning.refused_params).
+_REFUSAL_EVENTS = {Refusal.OVER_BUDGET: "learning.refused_budget", Refusal.TOO_FEW_LABELS: "learning.refused_labels",
+                   Refusal.NOT_OPTED_IN: "learning.refused_opt_out"}
 
 ROUND_PREFIX = "learn"
 
@@ -105,6 +110,7 @@ class LearningClient:
                 x = prepared.participant_input(a)
             except NotEligible as exc:
                 self._refuse(agg, exc.decision.reason)
+                count_quietly(self.store, _REFUSAL_EVENTS.get(exc.decision.refusal, "learning.refused_params"))
                 try:
                     record_refusal(self.store, spec, exc.decision)
                 except AssistantError as err:  # e.g. the round is already in the ledger
@@ -112,6 +118,7 @@ class LearningClient:
                 return None
             except (LearningError, AssistantError) as exc:
                 self._refuse(agg, str(exc))
+                count_quietly(self.store, "learning.refused_params")
                 return None
             self._pending[agg] = prepared
             log.info("learning round %s: sending a gradient over %d labels (norm %.4g before clipping to %g); %s",
@@ -127,6 +134,7 @@ class LearningClient:
                 return
             prepared.commit(self.store)
             self.committed[a.aggregation_id] = prepared
+            count_quietly(self.store, "learning.taken")
             log.info("learning round %s: recorded in the privacy ledger (%d labels)", a.aggregation_id,
                      prepared.label_count)
 

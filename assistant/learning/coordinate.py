@@ -6,6 +6,9 @@ published retained, which opted-in devices verify, check on their own labels and
 
 The FedAdam state and the sealed releases live in STATE/learning, so a restarted coordinator goes on from
 the last release, with round numbers after the last round it ran.
+
+With `analytics` set it also requests each finished local day's analytics aggregation once
+(analytics.schedule.DailyAnalytics), checked about every ANALYTICS_TICK_S while it waits for rounds.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sda.errors import SdaError
 from sda.mqtt.transport import BrokerConfig
 from sda.services.coordinator import Coordinator, CoordinatorConfig
 from sda.services.storage import open_store
 
+from ..analytics.coordinate import AnalyticsConfig
+from ..analytics.schedule import DailyAnalytics, RevealedDay
 from ..errors import AssistantError
 from ..kws.head import Head
 from ..kws.model import load_model
@@ -33,6 +39,11 @@ from .rounds import LearningRoundConfig, LearningRounds, RoundOutcome
 from .validation import ValidationSet
 
 log = logging.getLogger(__name__)
+
+ANALYTICS_TICK_S = 1.0  # how often the loop looks at the analytics schedule (a store query or two)
+#: Before the first analytics request: registrations retained on the broker are read meanwhile, so the day's
+#: committee is not drawn from nobody (as the first learning round waits a period).
+ANALYTICS_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class CoordinatorSetup:
     round_config: LearningRoundConfig = field(default_factory=LearningRoundConfig)
     grant_stake: int = 0
     database: str | None = None
+    analytics: AnalyticsConfig | None = None  # also request each finished day's analytics (None: not)
+    analytics_grace_s: float = 600.0  # after local midnight, before the day ended is requested
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, allowed: str) -> None:
@@ -63,6 +76,7 @@ class CoordinatorSetup:
         need(self.clip_norm > 0, "clip_norm", "a number > 0")
         need(self.learning_rate > 0, "learning_rate", "a number > 0")
         need(self.grant_stake >= 0, "grant_stake", "tokens >= 0")
+        need(0 <= self.analytics_grace_s < 86400, "analytics_grace_s", "seconds in [0, 86400)")
 
 
 def describe(outcome: RoundOutcome) -> str:
@@ -96,26 +110,51 @@ def learning_rounds(setup: CoordinatorSetup, coordinator: Coordinator) -> Learni
                           FedAdamConfig(learning_rate=setup.learning_rate), state_dir=setup.state_dir / "learning")
 
 
-def run(setup: CoordinatorSetup, stop: threading.Event, on_round: Callable[[RoundOutcome], None] | None = None
-        ) -> int:
-    """Run the coordinator and its rounds until `stop` is set or `setup.rounds` rounds were handled; the number
-    of rounds handled."""
+def run(setup: CoordinatorSetup, stop: threading.Event, on_round: Callable[[RoundOutcome], None] | None = None,
+        on_day: Callable[[RevealedDay], None] | None = None) -> int:
+    """Run the coordinator and its rounds (and, with setup.analytics, the daily analytics) until `stop` is set or
+    `setup.rounds` rounds were handled; the number of rounds handled."""
     coordinator = Coordinator(CoordinatorConfig(setup.state_dir, setup.broker, grant_stake=setup.grant_stake),
                               store=open_store(setup.database, setup.state_dir))
     rounds = learning_rounds(setup, coordinator)
+    daily = DailyAnalytics(coordinator, setup.analytics, setup.analytics_grace_s) if setup.analytics else None
     coordinator.start()
+    started = time.monotonic()
+
+    def tick() -> None:
+        if daily is None or time.monotonic() - started < ANALYTICS_SETTLE_S:
+            return
+        try:
+            for day in daily.tick():
+                log.info("%s", day.describe())
+                if on_day is not None:
+                    on_day(day)
+        except (AssistantError, SdaError) as exc:  # a bad day's request must not stop the learning rounds
+            log.error("analytics: %s", exc)
+
+    def wait(until: float) -> bool:
+        """Wait until monotonic time `until`, ticking the analytics; True when stopped."""
+        while (left := until - time.monotonic()) > 0:
+            if stop.wait(min(left, ANALYTICS_TICK_S)):
+                return True
+            tick()
+        return stop.is_set()
+
+    if daily is not None:
+        daily.start()
     done = 0
     try:
         # The first round waits one period too: devices and clerks registered before the coordinator started
         # are read from their retained registrations meanwhile, so the first committee is not drawn from nobody.
         next_at = time.monotonic() + setup.every_s
         while setup.rounds is None or done < setup.rounds:
-            if stop.wait(max(0.0, next_at - time.monotonic())):
+            if wait(next_at):
                 break
             round_id = rounds.start_round()
             next_at = time.monotonic() + setup.every_s
             outcome = None
             while outcome is None and not stop.is_set():
+                tick()
                 try:
                     outcome = rounds.wait(round_id, timeout_s=0.5)
                 except LearningError:  # not finished yet: look at `stop` again

@@ -189,3 +189,40 @@ class DeviceLearning:
         """Disconnect (the last started first); a release being installed is finished first."""
         while self._started:
             self._started.pop()()
+
+
+def connection_for(learning_opt_in: bool, analytics_opt_in: bool) -> str | None:
+    """Which connection `assistant run` starts for the owner's opt-ins: "learning" (one participant client for
+    learning rounds, releases and, when opted in, the daily analytics), "analytics" (a participant client for
+    the daily analytics alone, no releases), or None (opted out of both: no connection at all)."""
+    if learning_opt_in:
+        return "learning"
+    return "analytics" if analytics_opt_in else None
+
+
+class DeviceAnalytics:
+    """An analytics-only participant client (the owner opted in to analytics, not to learning): answers the daily
+    analytics announces and nothing else, with the same identity, login and participation log as DeviceLearning."""
+
+    def __init__(self, store: Store, config: LearningConfig):
+        self.config = config
+        self.analytics = AnalyticsClient(store)
+        self.participant: ParticipantClient = self.analytics.participant_client(
+            ParticipantConfig(config.device_id, config.broker, config.coordinator_id, config.coordinator_sign_key,
+                              ParticipantPolicy(min_participants=config.min_crowd)),
+            load_or_create_identity(config.device_key), ParticipationLog(participation_log_path(store.root)))
+
+    def start(self, timeout_s: float = 15.0) -> DeviceAnalytics:
+        """Connect; AssistantError when the broker cannot be reached."""
+        try:
+            self.participant.start(timeout_s)
+        except (SdaError, OSError) as exc:
+            raise AssistantError(f"analytics: cannot reach the broker {self.config.broker.host}:"
+                                 f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
+        log.info("analytics: %s answers the daily analytics announces (not opted in to learning)",
+                 self.config.device_id)
+        return self
+
+    def stop(self) -> None:
+        """Disconnect."""
+        self.participant.stop()

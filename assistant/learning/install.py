@@ -45,6 +45,7 @@ import numpy as np
 
 from sda.mqtt import topics
 
+from ..analytics.counters import count_quietly
 from ..errors import ModelError
 from ..kws.backbone import sha256_file
 from ..kws.head import Head
@@ -298,6 +299,11 @@ class Outcome:
     check: LocalCheck | None = None
 
 
+#: The analytics counter of each release outcome (a duplicate, seen on every reconnect, is not an event).
+_OUTCOME_EVENTS = {Status.INSTALLED: "model.install.release", Status.REJECTED_LOCALLY: "model.refused.validation",
+                   Status.FAILED: "error.model_load"}
+
+
 class ReleaseInstaller:
     """Verifies an offered release against `trust`, checks it on `store`'s labels, installs it in `versions` and
     calls `reload` (DeviceService.reload, whose config.model_dir is versions.current); `rollback` undoes the
@@ -310,7 +316,17 @@ class ReleaseInstaller:
         self._lock = threading.Lock()
 
     def offer(self, raw: bytes) -> Outcome:
-        """Handle one release message (the envelope bytes from the retained topic)."""
+        """Handle one release message (the envelope bytes from the retained topic); its outcome is counted in the
+        day's analytics (model.install.release, model.refused.*)."""
+        outcome = self._offer(raw)
+        event = _OUTCOME_EVENTS.get(outcome.status)
+        if outcome.status is Status.REFUSED and outcome.version is None:
+            event = "model.refused.signature"  # it did not verify (signature, signer, model or backbone)
+        if event is not None:
+            count_quietly(self.store, event)
+        return outcome
+
+    def _offer(self, raw: bytes) -> Outcome:
         with self._lock:
             files = load_model(self.versions.current)
             try:
@@ -332,6 +348,7 @@ class ReleaseInstaller:
                          f" {current.embed}"
                 self.versions.note_refused(release.version, reason)
                 log.warning("release refused: %s", reason)
+                count_quietly(self.store, "model.refused.backbone")
                 return Outcome(Status.REFUSED, release.version, reason, files.version)
             check = local_check(labelled_records(self.store), current, candidate,
                                 files.threshold if files.threshold is not None else 0.5, self.policy)
@@ -357,6 +374,7 @@ class ReleaseInstaller:
             now = self.versions.rollback(reason)
             model_version = self.reload() if self.reload is not None else load_model(self.versions.current).version
             log.info("rolled back from version %d to %d (%s)", left, now, reason)
+            count_quietly(self.store, "model.install.rollback")
             return Outcome(Status.ROLLED_BACK, now, f"version {left} -> {now}: {reason}", model_version)
 
 
