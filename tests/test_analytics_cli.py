@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 from cluster import Cluster, start_inprocess_clerk
-from test_learning_cli import wait_for
+from test_learning_cli import shut_down, wait_for
 from test_learning_round import direction, make_model, shipped_head, validation_set
 
 from assistant.analytics import count_many
@@ -185,10 +185,4 @@ def test_coordinator_analytics_requests_yesterday_and_analytics_only_devices_ans
         assert "aggregation requested" not in c.logs["coordinator2"].read_text()
         assert len([r for r in c.store.aggregations() if r.aggregation_id == analytics_id(day)]) == 1
     finally:
-        for proc, _, _ in devices.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for clerk in clerks:
-            clerk.stop()
-        c.close()
+        shut_down(devices, clerks, c)

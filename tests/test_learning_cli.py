@@ -177,14 +177,19 @@ def test_assistant_coordinator_and_devices_run_with_the_learning_flags_complete_
             assert proc.wait(20) == 0, log.read_text()
             assert "summary: 0 frames" in log.read_text()
     finally:
-        for proc, _, _ in devices.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for clerk in clerks:
-            clerk.stop()
-        c.close()
+        shut_down(devices, clerks, c)
 
+
+
+def shut_down(devices: dict, clerks: list, cluster) -> None:
+    """Kill the device processes still running, stop the clerks, close the cluster."""
+    for proc, _, _ in devices.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for clerk in clerks:
+        clerk.stop()
+    cluster.close()
 
 def test_the_coordinator_key_comes_as_hex_or_a_file_of_sda_coordinator_keys(tmp_path):
     from assistant.errors import AssistantError
