@@ -32,13 +32,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+from mqtt_round import Fleet, free_port  # a sibling in bench/
 
 from sda.encoding import FixedPoint, check_capacity
 from sda.errors import SdaError
@@ -88,12 +88,6 @@ def _log(msg: str, progress: bool) -> None:
         print(f"[fl_mqtt] {msg}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,26 +121,13 @@ def _provision(tmp: Path, port: int, users: list[str]) -> tuple[Path, dict[str, 
     return conf, passwords
 
 
-class _Fleet:
-    """One fleet subprocess; its `sent N` lines are read in the background."""
+class _Fleet(Fleet):
+    """One bench/fl_mqtt_fleet.py subprocess (mqtt_round.Fleet reads its lines), and the stats file it writes."""
 
     def __init__(self, cmd: list[str], log: Path, stats: Path):
-        self.sent = 0
+        super().__init__([], log, cmd=cmd, stdin=subprocess.DEVNULL, cwd=ROOT)
         self.stats = stats
-        self.ready = threading.Event()
         self.log = log
-        with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL, text=True,
-                                         cwd=ROOT)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("fleet ready"):
-                self.ready.set()
-            elif line.startswith("sent "):
-                self.sent = int(line.split()[1])
 
     def stop(self) -> dict:
         """SIGTERM, wait; the per-device stats it wrote (empty when it had to be killed)."""
@@ -213,7 +194,7 @@ def mqtt_sum(values: np.ndarray, scale: float, clip: float, *, min_participants:
     t_setup = time.monotonic()
     try:
         np.save(tmp / "values.npy", values)
-        port = _free_port()
+        port = free_port()
         device_names = [f"dev{i}" for i in range(n)]
         conf, passwords = _provision(tmp, port, ["coordinator", *(f"clerk{i}" for i in range(clerks)), *device_names])
         (tmp / "passwords.yaml").write_text(yaml.safe_dump(passwords))

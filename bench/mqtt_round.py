@@ -63,13 +63,15 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 class Fleet:
-    """A fleet process whose `sent N` lines are read in the background."""
+    """A fleet process whose `fleet ready` and `sent N` lines are read in the background: `python -m
+    sda.services.fleet ARGS`, or the command `cmd` (bench/fl_mqtt.py's fleets speak the same lines)."""
 
-    def __init__(self, args: list[str], logfile: Path):
+    def __init__(self, args: list[str], logfile: Path, cmd: list[str] | None = None, **popen):
         self.sent = 0
         self.ready = threading.Event()
-        self.proc = subprocess.Popen([sys.executable, "-m", "sda.services.fleet", *args], stdout=subprocess.PIPE,
-                                     stderr=open(logfile, "wb"), text=True)  # noqa: SIM115
+        with open(logfile, "wb") as fh:  # Popen keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd or [sys.executable, "-m", "sda.services.fleet", *args],
+                                         stdout=subprocess.PIPE, stderr=fh, text=True, **popen)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
