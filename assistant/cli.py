@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _learning_parser(sub)
     _analytics_parser(sub)
     _coordinator_parser(sub)
+    _admin_parsers(sub)
     return parser
 
 
@@ -79,6 +80,7 @@ def _learning_parser(sub) -> None:
     learning.add_argument("--budget", type=float, default=None, metavar="EPS",
                           help="opt-in: the epsilon all rounds together may spend, at delta 1e-6 (default: keep"
                           " the current budget, 8 on a new device)")
+    _config_option(learning)
     learning.add_argument("--store", type=Path, default=None, metavar="DIR",
                           help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
     learning.add_argument("--model", type=Path, default=None, metavar="DIR",
@@ -104,6 +106,7 @@ def _analytics_parser(sub) -> None:
     an.add_argument("action", choices=["status", "opt-in", "opt-out", "show"])
     an.add_argument("--day", default=None, metavar="YYYY-MM-DD",
                     help="show: the local day (default: yesterday, the latest one a device answers for)")
+    _config_option(an)
     an.add_argument("--store", type=Path, default=None, metavar="DIR",
                     help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
     an.add_argument("--json", action="store_true", help="status, show: one JSON object")
@@ -124,7 +127,11 @@ def _coordinator_parser(sub) -> None:
         " checkout with `python -m models.validation --help`.")
     co.add_argument("--state", type=Path, required=True, metavar="DIR",
                     help="state directory (coordinator.key, coordinator.db, learning/)")
-    co.add_argument("--broker", required=True, metavar="URL", help="mqtt://coordinator:PASSWORD@host:port")
+    login = co.add_mutually_exclusive_group(required=True)
+    login.add_argument("--broker", metavar="URL", help="mqtt://coordinator:PASSWORD@host:port")
+    login.add_argument("--broker-file", type=Path, metavar="FILE",
+                       help="a file (mode 0600) holding that URL: the password then never shows in the process list"
+                       " (what sda-coordinator.service uses)")
     co.add_argument("--model", type=Path, required=True, metavar="DIR",
                     help="the released model (backbone.onnx, head.npz, card.json) the rounds start from")
     co.add_argument("--validation", type=Path, required=True, metavar="FILE",
@@ -187,6 +194,7 @@ def _data_parser(sub) -> None:
         " database files. Stop `assistant run` first for delete-everything.")
     data.add_argument("action", choices=["export", "retention", "delete-everything"])
     data.add_argument("path", nargs="?", type=Path, help="the zip file to write (export)")
+    _config_option(data)
     data.add_argument("--store", type=Path, default=None, metavar="DIR",
                       help="the device store (default: $XDG_DATA_HOME/assistant or ~/.local/share/assistant)")
     data.add_argument("--yes", action="store_true", help="delete-everything without asking")
@@ -200,7 +208,9 @@ def _run_parser(sub) -> None:
         "run", help="listen for the wake word and keep what it hears in the device store",
         description="The device service: listen (microphone, a file, or raw PCM on stdin), save each detection"
         " and near miss with its clip and embeddings in the device store, publish detections to a local Hermes"
-        " bus if asked, and answer `assistant tui` on the control socket. Ctrl-C or SIGTERM stops it cleanly.")
+        " bus if asked, and answer `assistant tui` on the control socket. Ctrl-C or SIGTERM stops it cleanly."
+        " Settings come from --config (or $ASSISTANT_CONFIG); a flag given here wins over the file.")
+    _config_option(run)
     run.add_argument("--input", default=None, metavar="FILE|-",
                      help="a 16 kHz mono WAV/FLAC file, or - for raw 16 kHz int16 PCM on stdin (default: the"
                      " microphone)")
@@ -216,7 +226,7 @@ def _run_parser(sub) -> None:
                      f" model, {default_model_dir()})")
     run.add_argument("--threshold", type=float, default=None,
                      help="score to fire at (default: the model card's operating point)")
-    run.add_argument("--pre-roll", type=float, default=2.0, metavar="SECONDS",
+    run.add_argument("--pre-roll", type=float, default=None, metavar="SECONDS",
                      help="audio saved before each detection or near miss (default 2)")
     run.add_argument("--hermes", default=None, metavar="URL",
                      help="also publish hermes/hotword/ID/detected to this local broker (mqtt://host:port)")
@@ -239,7 +249,7 @@ def _run_parser(sub) -> None:
     fl.add_argument("--coordinator-key", default=None, metavar="HEX|FILE",
                     help="the coordinator's Ed25519 public key: hex, or a file with the hex or the JSON of"
                     " `sda coordinator keys`")
-    fl.add_argument("--coordinator-id", default="coordinator", help="the coordinator's id (default coordinator)")
+    fl.add_argument("--coordinator-id", default=None, help="the coordinator's id (default coordinator)")
     fl.add_argument("--device-id", default=None, help="the device's id (default: the broker user)")
     fl.add_argument("--device-key", type=Path, default=None, metavar="FILE",
                     help="the device's long-term keys, created on first use (default: DIR/device.key in the store)")
@@ -257,6 +267,7 @@ def _tui_parser(sub) -> None:
         " with single-key labels (y right, n false alarm, m missed, u unsure), bulk labels and undo; playing a"
         " clip; \"you missed me\" (!) through the running service; model, accuracy, privacy budget and clerk"
         " status; privacy and retention settings.")
+    _config_option(tui)
     tui.add_argument("--store", type=Path, default=None, metavar="DIR",
                      help="the device store (default: the one `assistant run` uses, $XDG_DATA_HOME/assistant,"
                      " else ~/.local/share/assistant)")
@@ -265,6 +276,33 @@ def _tui_parser(sub) -> None:
     tui.add_argument("--model", type=Path, default=None, metavar="DIR",
                      help="the model that rescores a clip for its score-over-time plot (default: the shipped"
                      " model; without one, only the stored score is shown)")
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="the device configuration, YAML (default: $ASSISTANT_CONFIG, which the installed"
+                   " `assistant` sets to /etc/assistant/assistant.yaml; without either, the built-in defaults)")
+
+
+def _admin_parsers(sub) -> None:
+    """`assistant config` and `assistant doctor`: checking an installation."""
+    cf = sub.add_parser(
+        "config", help="check or show the device configuration",
+        description="check: read the configuration and list every problem, each with its key, the value found"
+        " and what is allowed (exit 1 if any). show: print the configuration in effect, defaults filled in.")
+    cf.add_argument("action", choices=["check", "show"])
+    cf.add_argument("file", nargs="?", type=Path, default=None,
+                    help="the file (default: --config, else $ASSISTANT_CONFIG, else the built-in defaults)")
+    _config_option(cf)
+    dr = sub.add_parser(
+        "doctor", help="check this device: audio, model files, broker, clock, disk, keys",
+        description="Check what the service needs, one line each: the configuration, the audio input, the model"
+        " files against their card's hashes, the store's folder and free space, the device keys and their"
+        " permissions, the clock, and (when learning is configured) the broker: reachable, TLS, login. Each"
+        " problem comes with its fix. Exit 0 when nothing failed, 1 otherwise.")
+    _config_option(dr)
+    dr.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="broker checks (default 5)")
+    dr.add_argument("--json", action="store_true", help="one JSON object instead of the lines")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -345,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         return _analytics(args)
     if args.command == "coordinator":
         return _coordinator(args)
+    if args.command == "config":
+        return _config_command(args)
+    if args.command == "doctor":
+        return _doctor(args)
     build_parser().print_help()
     return 2
 
@@ -411,43 +453,73 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_config(args: argparse.Namespace):
+    """The configuration file's settings (--config, else $ASSISTANT_CONFIG, else the defaults) with this command's
+    flags on top. ConfigError (an AssistantError) naming every bad key."""
+    from .config import config_path, load_config, override
+
+    def flag(name: str):
+        return getattr(args, name, None)
+
+    return override(load_config(config_path(flag("config"))), {
+        "audio": {"device": flag("device"), "input": None if flag("input") is None else Path(flag("input")),
+                  "realtime": True if flag("realtime") else None},
+        "model": {"dir": flag("model"), "threshold": flag("threshold"), "pre_roll_s": flag("pre_roll"),
+                  "verifier": False if flag("no_verifier") else None},
+        "store": {"dir": flag("store"), "control_socket": flag("control")},
+        "hermes": {"url": flag("hermes")},
+        "learning": {"credentials": flag("credentials"), "broker": flag("broker"),
+                     "coordinator_key": flag("coordinator_key"), "coordinator_id": flag("coordinator_id"),
+                     "device_id": flag("device_id"), "device_key": flag("device_key"), "model_id": flag("model_id"),
+                     "min_crowd": flag("min_crowd")},
+    })
+
+
 def _run(args: argparse.Namespace) -> int:
     import logging
-    import os
     import signal
     import time
 
     from .audio import FRAME_MS, file_frames, microphone_frames, paced, stdin_frames
+    from .config import store_dir
     from .errors import AssistantError
-    from .service import ServiceConfig, default_store_dir, serve
+    from .notify import Notifier
+    from .service import ServiceConfig, serve
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="assistant: %(message)s")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop: the same clean exit as Ctrl-C
 
     def heard(h) -> None:
         print(f"{time.strftime('%H:%M:%S', time.localtime(h.time_s))}  {h.stream_s:8.2f} s  {h.wakeword}"
               f"  score {h.score:.3f}", flush=True)
 
+    notifier = Notifier()
     try:
-        if args.input is None:
-            device = int(args.device) if args.device and args.device.isdigit() else args.device
+        cfg = _device_config(args)
+        logging.basicConfig(level=cfg.log.level.upper(), stream=sys.stderr, format="assistant: %(message)s")
+        audio = cfg.audio
+        if audio.input is None:
+            device = int(audio.device) if audio.device and audio.device.isdigit() else audio.device
             frames, source = microphone_frames(device), f"microphone {device}" if device else "microphone"
-        elif args.input == "-":
+        elif str(audio.input) == "-":
             frames, source = stdin_frames(), "stdin"
         else:
-            frames, source = file_frames(Path(args.input)), f"file {args.input}"
-        if args.realtime and args.input is not None:
+            frames, source = file_frames(audio.input), f"file {audio.input}"
+        if audio.realtime and audio.input is not None:
             frames, source = paced(frames), f"{source} (real time)"
-        store_dir = args.store or default_store_dir(os.environ)
-        model_dir, attach = _learning_setup(args, store_dir)
-        config = ServiceConfig(model_dir, threshold=args.threshold, pre_roll_s=args.pre_roll, source=source,
-                               verifier=not args.no_verifier)
-        summary = serve(config, store_dir, frames, args.control, args.hermes, heard, attach)
+        root = store_dir(cfg)
+        model_dir, attach = _learning_setup(cfg, root)
+        m = cfg.model
+        config = ServiceConfig(model_dir, threshold=m.threshold, patience=m.patience, refractory_s=m.refractory_s,
+                               pre_roll_s=m.pre_roll_s, source=source, verifier=m.verifier)
+        summary = serve(config, root, frames, cfg.store.control_socket, cfg.hermes.url, heard, attach, notifier)
     except AssistantError as exc:
+        notifier.status(f"failed: {exc}")
         print(f"assistant: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down: the store is crash-safe anyway
         return 130
+    finally:
+        notifier.close()
     s = "" if summary.detections == 1 else "s"
     print(f"summary: {summary.frames} frames ({summary.frames * FRAME_MS / 1000:.1f} s of audio), {summary.detections}"
           f" detection{s}, {summary.near_misses} near miss{'' if summary.near_misses == 1 else 'es'}"
@@ -455,12 +527,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _learning_setup(args: argparse.Namespace, store_dir: Path):
+def _learning_setup(cfg, store_dir: Path):
     """(the model directory to run, the hook that starts learning next to the service or None) for `run`.
 
-    With the learning flags the model runs from the store's versioned model directory (created from --model, or
+    With learning configured the model runs from the store's versioned model directory (created from model.dir, or
     the shipped model, on first use), where releases are installed; the hook connects only when the owner opted
-    in. Without them, a release installed earlier keeps running unless --model says otherwise."""
+    in. Without it, a release installed earlier keeps running unless model.dir says otherwise."""
     import logging
 
     from .analytics.counters import count_quietly
@@ -476,20 +548,22 @@ def _learning_setup(args: argparse.Namespace, store_dir: Path):
     )
     from .learning.install import ModelVersions
 
-    shipped = args.model or default_model_dir()
+    shipped = cfg.model.dir or default_model_dir()
     root = model_versions_dir(store_dir)
-    if args.credentials is None and args.broker is None and args.coordinator_key is None:
-        return (root / "current" if args.model is None and (root / "current").is_dir() else shipped), None
-    if args.credentials is None and (args.broker is None or args.coordinator_key is None):
-        raise AssistantError("learning needs --credentials FILE, or --broker URL together with --coordinator-key")
-    model_id = args.model_id or load_model(shipped).wakeword.replace(" ", "_")
-    key = args.device_key or default_device_key(store_dir)
-    extra = {} if args.min_crowd is None else {"min_crowd": args.min_crowd}
-    if args.credentials is not None:
-        config = LearningConfig.from_credentials(args.credentials, key, model_id, args.broker, **extra)
+    fl = cfg.learning
+    if not fl.enabled:
+        return (root / "current" if cfg.model.dir is None and (root / "current").is_dir() else shipped), None
+    if fl.credentials is None and (fl.broker is None or fl.coordinator_key is None):
+        raise AssistantError("learning needs --credentials FILE (learning.credentials), or --broker URL together"
+                             " with --coordinator-key (learning.broker and learning.coordinator_key)")
+    model_id = fl.model_id or load_model(shipped).wakeword.replace(" ", "_")
+    key = fl.device_key or default_device_key(store_dir)
+    extra = {} if fl.min_crowd is None else {"min_crowd": fl.min_crowd}
+    if fl.credentials is not None:
+        config = LearningConfig.from_credentials(fl.credentials, key, model_id, fl.broker, **extra)
     else:
-        config = LearningConfig.from_url(args.broker, args.coordinator_key, key, model_id, args.device_id,
-                                         args.coordinator_id, **extra)
+        config = LearningConfig.from_url(fl.broker, fl.coordinator_key, key, model_id, fl.device_id,
+                                         fl.coordinator_id, **extra)
     versions = ModelVersions.adopt(root, shipped)
 
     def attach(store, service):
@@ -516,23 +590,24 @@ def _learning_setup(args: argparse.Namespace, store_dir: Path):
 def _learning(args: argparse.Namespace) -> int:
     import json
 
+    from .config import store_dir
     from .control import ControlClient, default_control_path
     from .errors import AssistantError, ControlError
     from .kws.model import default_model_dir
     from .learning import commands
-    from .service import default_store_dir
 
-    root = args.store or default_store_dir()
     try:
+        cfg = _device_config(args)
+        root = store_dir(cfg)
         if args.action == "status":
-            st = commands.status(root, args.model or default_model_dir())
+            st = commands.status(root, cfg.model.dir or default_model_dir())
             print(json.dumps(st.as_json()) if args.json else st.render())
             return 0
         if args.budget is not None and args.action != "opt-in":
             raise AssistantError("--budget goes with opt-in")
         if args.action in ("opt-in", "opt-out"):
             commands.set_opt_in(root, args.action == "opt-in", args.budget)
-            st = commands.status(root, args.model or default_model_dir())
+            st = commands.status(root, cfg.model.dir or default_model_dir())
             print(f"{'opted in' if st.opted_in else 'opted out'}: epsilon {st.epsilon_spent:.3f} spent of a budget"
                   f" of {st.epsilon_budget:g}" + ("" if st.opted_in else "; no round will be taken part in"))
             if st.opted_in and st.epsilon_spent >= st.epsilon_budget:
@@ -540,7 +615,7 @@ def _learning(args: argparse.Namespace) -> int:
             return 0
         left, now = commands.roll_back(root)
         print(f"rolled back from version {left} to {now}; version {left} will not be installed again")
-        control = args.control or default_control_path(root)
+        control = cfg.store.control_socket or default_control_path(root)
         if control.exists():
             try:
                 print(f"the running service reloaded: now {ControlClient(control).reload()}")
@@ -558,11 +633,11 @@ def _analytics(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .analytics import commands
+    from .config import store_dir
     from .errors import AssistantError
-    from .service import default_store_dir
 
-    root = args.store or default_store_dir()
     try:
+        root = store_dir(_device_config(args))
         if args.day is not None and args.action != "show":
             raise AssistantError("--day goes with show")
         if args.action in ("opt-in", "opt-out"):
@@ -618,7 +693,7 @@ def _coordinator(args: argparse.Namespace) -> int:
     try:
         model_id = args.model_id or load_model(args.model).wakeword.replace(" ", "_")
         setup = coordinate.CoordinatorSetup(
-            args.state, BrokerConfig.from_url(args.broker), args.model, args.validation, model_id, args.every,
+            args.state, BrokerConfig.from_url(_broker_url(args)), args.model, args.validation, model_id, args.every,
             args.rounds, args.clip_norm, args.learning_rate,
             LearningRoundConfig(noise_multiplier=args.noise_multiplier, min_participants=args.min_participants,
                                 max_participants=args.max_participants, collect_s=args.collect_seconds,
@@ -640,14 +715,84 @@ def _coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import ConfigError, config_path, load_config
+
+    path = config_path(args.file or args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "check":
+        print(f"ok: {path}" if path is not None else "ok: no file given (--config or $ASSISTANT_CONFIG): the"
+              " built-in defaults")
+        return 0
+    print(f"# the configuration in effect{f' (from {path})' if path else ' (the built-in defaults)'}")
+    print(yaml.safe_dump(cfg.as_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .config import ConfigError, config_path
+    from .doctor import Finding, run_checks
+
+    try:
+        cfg = _device_config(args)
+    except ConfigError as exc:
+        findings = [Finding("config", "fail", "\n".join(exc.problems),
+                            f"edit {exc.source}; `assistant config check` lists what is allowed")]
+    else:
+        path = config_path(args.config)
+        findings = [Finding("config", "ok", str(path) if path else "no file: the built-in defaults"),
+                    *run_checks(cfg, args.timeout)]
+    failed = sum(f.status == "fail" for f in findings)
+    warned = sum(f.status == "warn" for f in findings)
+    if args.json:
+        print(json.dumps({"ok": failed == 0, "findings": [asdict(f) for f in findings]}))
+    else:
+        for f in findings:
+            print(f.render())
+        print(f"\n{failed} failed, {warned} to look at, {len(findings) - failed - warned} ok")
+    return 1 if failed else 0
+
+
+def _broker_url(args: argparse.Namespace) -> str:
+    """--broker, or the first line of --broker-file; AssistantError naming the file when it cannot be read."""
+    from .errors import AssistantError
+
+    if args.broker_file is None:
+        return args.broker
+    try:
+        lines = args.broker_file.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AssistantError(f"--broker-file {args.broker_file}: cannot read it ({exc})") from exc
+    if not lines:
+        raise AssistantError(f"--broker-file {args.broker_file}: empty; write mqtt://coordinator:PASSWORD@host:port")
+    return lines[0]
+
+
 def _tui(args: argparse.Namespace) -> int:
     """Become `python -m tui` with the options given (exec: `assistant` never imports `tui`, the UI depends on
     the device and not the other way round). `tui` fills in the defaults of `assistant run` itself, so this
     process imports nothing heavy before it is replaced."""
     import os
 
+    from .errors import AssistantError
+
+    try:
+        cfg = _device_config(args)
+    except AssistantError as exc:
+        print(f"assistant: error: {exc}", file=sys.stderr)
+        return 1
     argv = [sys.executable, "-m", "tui"]
-    for option, value in (("--store", args.store), ("--control", args.control), ("--model", args.model)):
+    for option, value in (("--store", cfg.store.dir), ("--control", cfg.store.control_socket),
+                          ("--model", cfg.model.dir)):
         if value is not None:
             argv += [option, str(value)]
     sys.stdout.flush()
@@ -657,12 +802,12 @@ def _tui(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    from .config import store_dir
     from .errors import AssistantError
-    from .service import default_store_dir
     from .store import Store
 
-    root = args.store or default_store_dir()
     try:
+        root = store_dir(_device_config(args))
         if not (root / "store.db").exists():
             raise AssistantError(f"no store in {root} (nothing saved yet, or give --store DIR)")
         if args.action == "export":

@@ -22,12 +22,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -36,11 +35,13 @@ import numpy as np
 
 from .analytics.counters import count, count_at_hour, count_quietly
 from .audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, RingBuffer
+from .config import default_store_dir  # noqa: F401  (re-exported: where the store lives by default)
 from .control import ControlServer, default_control_path
 from .errors import AssistantError, ControlError
 from .kws.engine import Engine, Step
 from .kws.model import ModelFiles, load_model
 from .learning.verifier import PersonalVerifier, VerifierPolicy
+from .notify import Notifier
 from .store import Store
 
 if TYPE_CHECKING:
@@ -54,13 +55,6 @@ RETENTION_EVERY_S = 3600.0  # how often the writer applies the retention setting
 # Rows waiting for the store. A live source fills it never (a detection or a near miss comes at most once per
 # refractory period, a write takes milliseconds); a file read as fast as possible is paced by it.
 WRITE_QUEUE = 64
-
-
-def default_store_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """$XDG_DATA_HOME/assistant when that is set to an absolute path (as the XDG spec requires), else
-    ~/.local/share/assistant."""
-    xdg = env.get("XDG_DATA_HOME", "")
-    return Path(xdg) / "assistant" if os.path.isabs(xdg) else Path.home() / ".local" / "share" / "assistant"
 
 
 @dataclass(frozen=True)
@@ -257,12 +251,15 @@ class DeviceService:
 
     # --- the audio loop ---------------------------------------------------------------------------
 
-    def run(self, frames: Iterable[np.ndarray]) -> None:
-        """Process frames until the source ends or `stop()` is called; then save an open near miss."""
+    def run(self, frames: Iterable[np.ndarray], on_frame: Callable[[], None] | None = None) -> None:
+        """Process frames until the source ends or `stop()` is called; then save an open near miss.
+        `on_frame` is called after each frame (systemd's watchdog ping: it stops when this loop stalls)."""
         for frame in frames:
             if self._stop.is_set():
                 break
             self.process(frame)
+            if on_frame is not None:
+                on_frame()
         with self._lock:
             done = self._near.flush()
         if done is not None:
@@ -456,11 +453,15 @@ def _warm(engine: Engine, audio: np.ndarray) -> list[Step]:
 
 def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], control_path: Path | None = None,
           hermes_url: str | None = None, on_detection: Callable[[Heard], None] | None = None,
-          attach: Callable[[Store, DeviceService], Callable[[], None] | None] | None = None) -> Summary:
+          attach: Callable[[Store, DeviceService], Callable[[], None] | None] | None = None,
+          notifier: Notifier | None = None) -> Summary:
     """Run the service until `frames` ends (or KeyboardInterrupt: Ctrl-C, or SIGTERM when the caller maps
     it so): the control socket, the store, Hermes if configured, and what `attach(store, service)` starts next
     to the service (learning.device: rounds and releases), stopped by the callable it returns; everything
-    closed and the socket removed on the way out. AssistantError when it cannot start."""
+    closed and the socket removed on the way out. AssistantError when it cannot start.
+
+    `notifier` (systemd) hears READY once the model is loaded and every broker is connected, a watchdog
+    ping per frame of the audio loop (rate-limited), and STOPPING on the way out."""
     model = load_model(config.model_dir)  # a bad model stops here, before anything is created on disk
     control = ControlServer(control_path or default_control_path(store_dir))  # a second service stops here
     try:
@@ -485,11 +486,15 @@ def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], 
                 log.info("listening to %s: %s model %s, threshold %g; store %s; control %s", config.source,
                          service.wakeword_id, service.model_version, service.status()["threshold"], store.root,
                          control.path)
+                if notifier is not None:
+                    notifier.ready(f"listening for {service.wakeword_id} (model {service.model_version})")
                 try:
-                    service.run(frames)
+                    service.run(frames, notifier.ping if notifier is not None else None)
                 except KeyboardInterrupt:
                     log.info("stopping")
                 finally:
+                    if notifier is not None:
+                        notifier.stopping()
                     control.close()  # no command may reach a half-closed service
                     if detach is not None:  # before the service closes: a release may be reloading it
                         detach()

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # The defaults come from the service's own code, imported only when needed (a start-up cost otherwise).
     if args.store is None:
-        from assistant.service import default_store_dir
+        from assistant.config import default_store_dir
 
         args.store = default_store_dir(os.environ)
     if args.control is None:

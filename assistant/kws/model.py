@@ -8,6 +8,9 @@ is refused before it can listen.
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +21,25 @@ from .engine import Engine
 from .head import Head
 
 #: Where the project's own models live in a source checkout or an editable install.
-SHIPPED = Path(__file__).resolve().parents[2] / "models"
+CHECKOUT = Path(__file__).resolve().parents[2] / "models"
+MODELS_ENV = "ASSISTANT_MODELS"
 DEFAULT_WAKEWORD = "hey_snips"
+
+
+def shipped_root(env: Mapping[str, str] = os.environ, prefix: str = sys.prefix) -> Path:
+    """The folder of shipped models: $ASSISTANT_MODELS; else the checkout's models/ (a source tree or an editable
+    install); else models/ beside the venv systemd/install.sh made (/opt/assistant/venv -> /opt/assistant/models),
+    since a wheel does not carry the models."""
+    if env.get(MODELS_ENV):
+        return Path(env[MODELS_ENV])
+    if CHECKOUT.is_dir():
+        return CHECKOUT
+    return Path(prefix).parent / "models"
 
 
 def default_model_dir(wakeword_id: str = DEFAULT_WAKEWORD) -> Path:
     """The shipped model for a wake word ("hey_snips", "hey_jarvis")."""
-    return SHIPPED / wakeword_id
+    return shipped_root() / wakeword_id
 
 
 @dataclass(frozen=True)
