@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEB_PACKAGES := mosquitto espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2 tmux postgresql
+DEB_PACKAGES := systemd mosquitto espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2 tmux postgresql
 
 .PHONY: test demo bench lint system-deps clean
 

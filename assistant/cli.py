@@ -75,7 +75,7 @@ def _learning_parser(sub) -> None:
         " installed model version and whether it can roll back; `opt-in [--budget EPS]` and `opt-out` change the"
         " setting (the device never spends beyond the budget); `rollback` goes back to the previous release, for"
         " good, and tells a running `assistant run` to reload. Rounds run only while `assistant run` is started"
-        " with --credentials (or --broker and --coordinator-key).")
+        " with --credentials (or --broker and --coordinator-key, or learning.credentials in its configuration).")
     learning.add_argument("action", choices=["status", "opt-in", "opt-out", "rollback"])
     learning.add_argument("--budget", type=float, default=None, metavar="EPS",
                           help="opt-in: the epsilon all rounds together may spend, at delta 1e-6 (default: keep"
@@ -239,8 +239,8 @@ def _run_parser(sub) -> None:
         "learning and analytics", "Take part in learning rounds and install signed releases, when the owner opted"
         " in (`assistant learning opt-in`), and answer the daily analytics aggregations, when the owner opted in"
         " to those (`assistant analytics opt-in`); opted out of both, nothing connects. Either --credentials, or"
-        " --broker with --coordinator-key. The model then runs from DIR/models in the store, where releases are"
-        " installed.")
+        " --broker with --coordinator-key (or learning.* in --config). The model then runs from DIR/models in the"
+        " store, where releases are installed.")
     fl.add_argument("--credentials", type=Path, default=None, metavar="FILE",
                     help="the device's credentials from `sda admin add-device NAME` (device id, broker login,"
                     " coordinator id and keys)")

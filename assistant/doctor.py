@@ -128,23 +128,29 @@ def check_keys(cfg: Config) -> list[Finding]:
 
 
 def _secret_file(path: Path, what: str, size: int | None = None) -> Finding:
+    """A file only its owner may read: the device key (mode 0600). The credentials may also be readable by their
+    group (root:assistant 0640, as the installer's README puts them), never by others."""
     try:
         st = path.stat()
         with path.open("rb"):
             pass
     except OSError as exc:
         return Finding("keys", "fail", f"{what} {path}: {exc.strerror or exc}",
-                       "run as the service's user, or restore the file (`sda admin add-device` makes credentials)")
+                       "run as the service's user (sudo -u assistant ...), or restore the file (`sda admin"
+                       " add-device` makes credentials)")
     if size is not None and st.st_size != size:
         return Finding("keys", "fail", f"{what} {path} is {st.st_size} bytes, not {size}: not a device key",
                        "move it away; a new one is made on the next start (the device then has a new identity)")
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return Finding("keys", "fail", f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: others can read it",
-                       f"chmod 600 {path}")
-    if st.st_uid != os.getuid():
+    mode = stat.S_IMODE(st.st_mode)
+    too_open = stat.S_IRWXO | (stat.S_IRWXG if size is not None else stat.S_IWGRP | stat.S_IXGRP)
+    if mode & too_open:
+        allowed = "600" if size is not None else "640"
+        return Finding("keys", "fail", f"{what} {path} has mode {mode:04o}: others can read or change it",
+                       f"chmod {allowed} {path}")
+    if size is not None and st.st_uid != os.getuid():
         return Finding("keys", "warn", f"{what} {path} belongs to uid {st.st_uid}, not this user ({os.getuid()})",
-                       f"chown the file to the user the service runs as (sudo chown assistant: {path})")
-    return Finding("keys", "ok", f"{what} {path}: mode 0600, {st.st_size} bytes")
+                       f"run as the service's user, or chown it to that user (sudo chown assistant: {path})")
+    return Finding("keys", "ok", f"{what} {path}: mode {mode:04o}, {st.st_size} bytes")
 
 
 def check_clock(now: float | None = None, ntp: Callable[[], str | None] | None = None) -> Finding:

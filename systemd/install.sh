@@ -260,7 +260,7 @@ if (( REAL )); then
     cat <<EOF
 
 Next steps:
-  1. edit /etc/assistant/assistant.yaml (the broker and this device's name)
+  1. edit /etc/assistant/assistant.yaml (the microphone; learning.credentials once you take part)
   2. systemctl enable --now assistant.service
   3. journalctl -u assistant.service -f
 A clerk (only if you agreed to be one): copy clerk.yaml to /etc/assistant/clerk.yaml

@@ -143,3 +143,13 @@ def test_no_learning_configured_means_no_broker_to_check(tmp_path):
 def test_a_broker_without_the_coordinators_key_is_refused(tmp_path):
     (f,) = check_broker(cfg(tmp_path, "learning: {broker: 'mqtt://dev1:pw@127.0.0.1:1'}"))
     assert f.status == "fail" and "coordinator key" in f.detail and "assistant config check" in f.fix
+
+
+def test_credentials_may_be_read_by_the_services_group_but_not_by_others(tmp_path):
+    cred = credentials(tmp_path, BrokerConfig("127.0.0.1", 1883, "dev1", "pw"))
+    config = cfg(tmp_path, f"learning: {{credentials: {cred}}}")
+    cred.chmod(0o640)
+    assert check_keys(config)[1].status == "ok"
+    cred.chmod(0o644)
+    f = check_keys(config)[1]
+    assert f.status == "fail" and "0644" in f.detail and f.fix == f"chmod 640 {cred}"
