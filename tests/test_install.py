@@ -21,6 +21,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -241,11 +242,25 @@ def test_git_checkout_hash_ignores_build_debris(src, build_tools, tmp_path):
 
 def test_real_install_needs_root(tmp_path):
     """Without DESTDIR the installer refuses to run as an ordinary user, before touching anything."""
-    cmd = ["bash", str(REPO / "systemd" / "install.sh")]
+    # A copy nobody can read: the checkout (and pytest's tmp_path) may sit under a folder only root may enter.
+    shared = Path(tempfile.mkdtemp(prefix="install-test-"))
+    try:
+        (shared / "systemd").mkdir()
+        shutil.copy(REPO / "systemd" / "install.sh", shared / "systemd" / "install.sh")
+        (shared / "pyproject.toml").write_text("")
+        for p in (shared, shared / "systemd", shared / "systemd" / "install.sh", shared / "pyproject.toml"):
+            p.chmod(0o755)
+        _refused(shared / "systemd" / "install.sh", shared)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _refused(script: Path, cwd: Path) -> None:
+    cmd = ["bash", str(script)]
     if os.geteuid() == 0:  # drop to nobody to see the refusal
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "PREFIX", "SRC")}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
     assert result.returncode != 0
     assert "must run as root" in result.stderr
     assert "DESTDIR" in result.stderr
