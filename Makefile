@@ -6,9 +6,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# the demo's speech synthesisers (it also needs PortAudio's library for sounddevice to import)
+DEMO_DEB_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2
 DEB_PACKAGES := systemd mosquitto espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2 tmux postgresql
 
-.PHONY: test demo bench lint system-deps clean
+.PHONY: test demo bench lint system-deps demo-deps apt-install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,13 @@ $(PY):
 # cluster the package may start on port 5432).
 # Installed only when running as root and only when one is missing; otherwise a note says what to install.
 system-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"
+
+demo-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEMO_DEB_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -32,17 +40,17 @@ system-deps:
 	fi
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,bench,train]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,train,demo]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[demo]'
 	touch $@
 
 test: system-deps $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
-demo: $(VENV)/.installed
+demo: demo-deps $(VENV)/.installed
 	$(VENV)/bin/assistant demo
 
 bench: $(VENV)/.installed-dev

@@ -437,6 +437,12 @@ class DeviceService:
             count_quietly(self._store, "service.reloaded")
             return version
 
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every write queued so far is done; False on timeout."""
+        done = threading.Event()
+        self._writer.submit(done.set)
+        return done.wait(timeout_s)
+
     def close(self) -> Summary:
         """Finish the queued writes; what the run heard."""
         self._writer.close()

@@ -37,6 +37,7 @@ class AnalyticsConfig:
     max_participants: int = 100_000
     collect_s: float = 3600.0
     results_s: float = 600.0
+    clerk_reward: int = 1  # tokens a clerk earns per participant summed, when its result was used
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0 or not 0 < self.delta < 1:
@@ -61,7 +62,8 @@ def analytics_spec(day: str, config: AnalyticsConfig = AnalyticsConfig()) -> Agg
         min_participants=config.min_participants, max_participants=config.max_participants,
         noise_mechanism="skellam", noise_added_by="clerks", noise_sigma=sigma,
         noise_headroom=clerk_noise_headroom(sigma, config.committee_size, t),
-        labels=names(), dp_epsilon=stated.epsilon, dp_delta=stated.delta)
+        labels=names(), dp_epsilon=stated.epsilon, dp_delta=stated.delta,
+        reward_per_participant=config.clerk_reward)
 
 
 def request_day(coordinator: Coordinator, day: str, config: AnalyticsConfig = AnalyticsConfig()) -> bool:

@@ -82,6 +82,7 @@ class LearningRoundConfig:
     committee_size: int | None = None
     k: int | None = None
     t: int | None = None
+    clerk_reward: int = 1  # tokens a clerk earns per participant summed, when its result was used (DESIGN §5)
 
     def __post_init__(self) -> None:
         try:
@@ -133,7 +134,7 @@ def aggregation_spec(config: LearningRoundConfig, round_id: str, head: Head, cli
                            min_participants=config.min_participants, max_participants=config.max_participants,
                            close_when_complete=config.close_when_complete, p=config.p, noise_mechanism="skellam",
                            noise_added_by=config.noise_mode.value, noise_sigma=s.sigma,
-                           noise_headroom=s.noise_headroom)
+                           noise_headroom=s.noise_headroom, reward_per_participant=config.clerk_reward)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: ndarray fields
