@@ -40,3 +40,21 @@ def test_clerk_noise_without_a_committee_size_is_refused_before_connecting(tmp_p
                         "--validation", str(vset), "--noise-added-by", "clerks"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "needs committee_size" in r.stderr, r.stderr
+
+
+def test_broker_file_keeps_the_password_out_of_argv(tmp_path):
+    import argparse
+
+    import pytest
+
+    from assistant.cli import _broker_url
+    from assistant.errors import AssistantError
+
+    f = tmp_path / "broker.url"
+    f.write_text("mqtt://coordinator:s3cret@127.0.0.1:1883\n")
+    assert _broker_url(argparse.Namespace(broker=None, broker_file=f)) == "mqtt://coordinator:s3cret@127.0.0.1:1883"
+    f.write_text("\n")
+    with pytest.raises(AssistantError, match="empty"):
+        _broker_url(argparse.Namespace(broker=None, broker_file=f))
+    with pytest.raises(AssistantError, match="cannot read"):
+        _broker_url(argparse.Namespace(broker=None, broker_file=tmp_path / "absent"))
