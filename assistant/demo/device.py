@@ -48,6 +48,11 @@ def truth_label(t_s: float, wake: np.ndarray) -> bool:
     return bool(np.any((t_s >= wake[:, 0] - HIT_BEFORE_S) & (t_s <= wake[:, 1] + HIT_AFTER_S)))
 
 
+def _heard(fired: list[float], lo: float, hi: float) -> bool:
+    """Whether one of the detection times `fired` belongs to the wake word said over [lo, hi)."""
+    return any(lo - HIT_BEFORE_S <= t <= hi + HIT_AFTER_S for t in fired)
+
+
 def emit(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -150,8 +155,7 @@ def hear(service, store, stream, start: float, clock: list[float], rng: np.rando
         w = wake_end_frames.get(f)
         if w is not None:
             lo, hi = stream.wake[w]
-            heard = any(lo - HIT_BEFORE_S <= t <= hi + HIT_AFTER_S for t in fired)
-            if not heard and rng.random() < MISSED_PRESS:
+            if not _heard(fired, lo, hi) and rng.random() < MISSED_PRESS:
                 service.capture(min(3.0, hi - lo + 1.3))  # the owner's "you missed me", right after the miss
                 captured += 1
     service.flush()  # the service's writer thread has stored every moment
@@ -169,7 +173,7 @@ def hear(service, store, stream, start: float, clock: list[float], rng: np.rando
             label = Label.MISSED_WAKE_WORD if is_wake else Label.FALSE_ACCEPT
         store.label(r.id, label, time_s=start + stream.seconds)
         labels[label.value] += 1
-    hits = sum(any(lo - HIT_BEFORE_S <= t <= hi + HIT_AFTER_S for t in fired) for lo, hi in stream.wake)
+    hits = sum(_heard(fired, lo, hi) for lo, hi in stream.wake)
     return {"seconds": round(stream.seconds, 1), "wake_words": len(stream.wake), "detections": len(fired),
             "heard_wake_words": hits, "captured": captured, "saved": len(rows), "labels": labels}
 

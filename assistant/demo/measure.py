@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import FRAME_MS
+from ..audio import FRAME_MS, FRAME_SAMPLES
 from ..kws.backbone import Backbone
 from ..kws.head import Head
 from ..learning.validation import clip_embeddings
@@ -34,7 +34,7 @@ class Embedded:
 def embed(backbone: Backbone, stream: Stream) -> Embedded:
     """The embeddings the device's engine computes for `stream`."""
     e = clip_embeddings(backbone, stream.samples)
-    n_frames = len(stream.samples) // round(FRAME_S * 16000)
+    n_frames = len(stream.samples) // FRAME_SAMPLES
     return Embedded(e, n_frames - len(e), stream)
 
 
