@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,19 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _connect_creating(path: Path, patience_s: float = 30.0) -> sqlite3.Connection:
+    """connect_sqlite, retried while another process creates the same database: switching a new file to WAL
+    can fail at once with "database is locked" (SQLite does not wait on the busy handler there)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return connect_sqlite(path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.05)
+
+
 def open_versioned(path: Path, schema: str, version: str, what: str) -> sqlite3.Connection:
     """Open (creating if need be) a database whose `meta` table records its schema version;
     StorageError naming `what` when it cannot be opened or was written by other code."""
@@ -27,13 +42,14 @@ def open_versioned(path: Path, schema: str, version: str, what: str) -> sqlite3.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        db = connect_sqlite(path)
+        db = _connect_creating(path)
         db.executescript(schema)
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema', ?)", (version,))
-        elif row[0] != version:
-            raise StorageError(f"{path}: {what} schema version {row[0]}, this code knows {version}")
+        # Two processes may create the database at once (a service and a command reading it): the first
+        # writer's version stays, and both read back what is stored.
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (version,))
+        stored = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+        if stored != version:
+            raise StorageError(f"{path}: {what} schema version {stored}, this code knows {version}")
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open the {what} database {path}: {exc}") from exc
     return db
