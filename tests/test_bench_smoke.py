@@ -113,3 +113,24 @@ def test_kws_eval_refuses_unknown_engines():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "kws_eval.py"), "--engines", "ours_hey_jarvis,nope"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown nope" in proc.stderr and "microwakeword_hey_jarvis" in proc.stderr
+
+
+def test_soak_benchmark_runs_rounds_back_to_back_and_counts_the_intruders_rejected_messages():
+    """A tiny bench/soak.py: 30 devices, 6 clerks on Mosquitto for 12 s of back-to-back rounds, every
+    sum checked; the intruder's junk is rejected by the coordinator and no round fails."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--json", "--devices", "30", "--clerks", "6",
+         "--minutes", "0.2", "--junk-per-round", "7", "--collect-s", "20", "--results-s", "20", "--grace-s", "25"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("rounds_completed", "failed_rounds", "round_p99_s", "coordinator_rss_growth_mb", "messages_rejected",
+                "junk_sent", "round_mean_s", "round_p50_s", "round_max_s", "participants_min",
+                "coordinator_rss_mb_start", "coordinator_rss_mb_end", "coordinator_rss_mb_peak", "broker"):
+        assert key in result, key
+    assert result["aborted"] is None
+    assert result["failed_rounds"] == 0 and result["rounds_completed"] >= 2
+    assert result["participants_min"] == 30 and result["devices"] == 30 and result["clerks"] == 6
+    assert result["junk_sent"] >= 7 * result["rounds_completed"]
+    assert result["messages_rejected"] > 0 and result["messages_rejected"] >= result["junk_sent"]
