@@ -3,7 +3,10 @@ snapshot as a prefix of a newer one (the registry only grows)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+from cluster import Spy
 
 from sda import crypto
 from sda.mqtt.transport import BrokerConfig
@@ -51,8 +54,21 @@ def test_a_round_over_a_registry_of_many_pages(cluster, monkeypatch):
         cluster.start_fleet("fleetA", 0, 25)
         cluster.start_fleet("fleetB", 25, 25)
         cluster.wait_registered(clerks=12, devices=50)
-        cluster.request("paged", dimension=8, collect_s=30, results_s=30)
-        row = cluster.wait_state("paged", ("revealed", "failed"))
+        spy = Spy(cluster)
+        try:
+            cluster.request("paged", dimension=8, collect_s=30, results_s=30)
+            row = cluster.wait_state("paged", ("revealed", "failed"))
+            # A finished round leaves nothing in the coordinator's memory, and a participation replayed into
+            # it is refused without loading its announce back (the soak's coordinator grew by one per round).
+            assert "paged" not in coord._announces and "paged" not in coord._jobs_sent_at
+            topic, payload = spy.captured("/agg/paged/participation/")[0]
+            spy.publish(topic, payload)
+            deadline = time.monotonic() + 20
+            while coord.stats.rejected["participation"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert coord.stats.rejected["participation"] == 1 and "paged" not in coord._announces
+        finally:
+            spy.close()
     finally:
         coord.stop()
     assert row.state == "revealed", row.error

@@ -359,13 +359,16 @@ class Coordinator:
         return a
 
     def _on_participation(self, topic: str, aggregation_id: str, device_id: str, payload: bytes) -> None:
-        a = self._announce_of(aggregation_id)
-        if a is None:
-            return self._reject("participation", topic, f"unknown aggregation {aggregation_id!r}")
+        # The state first: a late or replayed participation must not load a finished round's announce back
+        # into the cache (the soak's intruder grew it by one announce per stale message).
         row = self.store.aggregation(aggregation_id)
-        if row is None or row.state != "collecting":
+        if row is None or row.announce is None:
+            return self._reject("participation", topic, f"unknown aggregation {aggregation_id!r}")
+        if row.state != "collecting":
             self._ingest.pop(aggregation_id, None)
             return self._reject("participation", topic, f"{aggregation_id} is not collecting")
+        a = self._announce_of(aggregation_id)
+        assert a is not None  # the row has an announce
         if not self._signed_by(topic, payload, device_id, "participation"):
             return None
         server = self._ingest.get(aggregation_id)
@@ -557,6 +560,8 @@ class Coordinator:
         self.store.finish(agg, state, result, error)
         self._recipients.pop(agg, None)
         self._ingest.pop(agg, None)
+        self._announces.pop(agg, None)  # a finished round's announce is read from the store if ever needed
+        self._jobs_sent_at.pop(agg, None)
         self.transport.clear_retained(topics.announce(agg))
         if self.on_finished is not None:
             self.on_finished(agg)
