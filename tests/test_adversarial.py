@@ -95,13 +95,16 @@ def _results(spy: Spy, agg: str) -> list[ClerkResult]:
             for _, payload in spy.captured(f"/agg/{agg}/result/")]
 
 
-def _wait(check, timeout: float, what: str) -> None:
+def _wait(check, timeout: float, what: str = "") -> bool:
+    """Poll until check() holds: True; at the timeout, AssertionError naming `what`, or False without one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
-            return
+            return True
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    if what:
+        raise AssertionError(f"timed out waiting for {what}")
+    return False
 
 
 def test_split_set_and_late_participations_are_refused_by_the_real_services(small_cluster):
@@ -119,7 +122,9 @@ def test_split_set_and_late_participations_are_refused_by_the_real_services(smal
         c.wait_registered(clerks=7, devices=13)
         k, t = default_thresholds(7)
         assert 2 * (k + t) - t > 7  # the committee is split-set safe
-        c.request("round-s", dimension=8, collect_s=6, results_s=30, min_participants=10)
+        # Closes as soon as the 12 fleet devices are in, long before its deadline: late0's participation below is
+        # on time, and only the round's state refuses it.
+        c.request("round-s", dimension=8, collect_s=120, results_s=30, min_participants=10, max_participants=12)
         row = c.wait_state("round-s", ("revealed", "failed"))
         assert row.state == "revealed", row.error
         assert row.result["participants"] == 12
@@ -130,13 +135,22 @@ def test_split_set_and_late_participations_are_refused_by_the_real_services(smal
 
         # A valid participation of a registered device, made before the deadline but delivered after the
         # round closed: ignored.
+        assert time.time() < a.participation_deadline - 60
         late_part = Participant("late0", late_id, ParticipantPolicy(min_participants=1)).participate(
-            a, np.zeros(8), a.participation_deadline - 1)
+            a, np.zeros(8), time.time())
         assert Participation.decode(Envelope.decode(late_part.envelope).payload).aggregation_id == "round-s"
         spy.publish(topics.participation("round-s", "late0"), b"\x00" + late_part.envelope)
-        c.wait_log("coordinator", "round-s is not collecting")
+        refused = f"rejected participation on {topics.participation('round-s', 'late0')}: round-s is not collecting"
+        seen = _wait(lambda: refused in c.logs["coordinator"].read_text()
+                       or c.store.participation_count("round-s") > 12, 20)
         assert c.store.participation_count("round-s") == 12
+        assert seen and refused in c.logs["coordinator"].read_text(), \
+            f"the coordinator did not refuse the late participation as not collecting:\n{c.log_tail('coordinator')}"
         assert c.store.aggregation("round-s").result == row.result
+        # clerk0's genuine result, replayed through late0's own result topic: refused for its signer.
+        genuine = next(p for t, p in spy.captured("/agg/round-s/result/clerk0"))
+        spy.publish(topics.result("round-s", "late0"), genuine)
+        c.wait_log("coordinator", "signed as 'clerk0' but published by 'late0'")
 
         # The coordinator now shows every clerk another participant set: the first 10 devices only.
         jobs = {}
