@@ -36,8 +36,8 @@ def read_audio(path: Path) -> np.ndarray:
         with wave.open(str(path), "rb") as w:
             rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
             raw = w.readframes(n)
-    except (wave.Error, EOFError, OSError) as exc:
-        raise AudioError(f"{path}: not a readable WAV file ({exc})") from exc
+    except (wave.Error, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: a chunk past its parent's end
+        raise AudioError(f"{path}: not a readable WAV file ({exc or type(exc).__name__})") from exc
     _check_format(path, rate, channels)
     if width != 2:
         raise AudioError(f"{path}: {8 * width}-bit samples; need 16-bit PCM (sox IN -b 16 OUT.wav)")

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -242,17 +243,23 @@ def _convert_base(base: Any, value: Any, meta: Mapping) -> tuple[bool, Any, str]
         lo, hi, lo_open, hi_open = meta.get("range", (None, None, False, False))
         allowed = meta.get("what") or ("a whole number" if base is int else "a number")
         numeric = isinstance(value, int) or (base is float and isinstance(value, float))
-        if isinstance(value, bool) or not numeric or (base is float and not math.isfinite(value)):
+        if isinstance(value, bool) or not numeric or (isinstance(value, float) and not math.isfinite(value)):
             return False, None, allowed
         inside = ((lo is None or (value > lo if lo_open else value >= lo))
                   and (hi is None or (value < hi if hi_open else value <= hi)))
-        return inside, base(value), allowed
+        return inside, base(value) if inside else None, allowed  # float(10**400) would overflow
     raise TypeError(f"config schema: no converter for {base!r}")  # a schema bug, found by the tests
+
+
+#: repr with bounded work: YAML aliases make a 1 KB file a list of 9**9 items, whose whole repr never ends.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 8
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = 80
 
 
 def _show(value: Any) -> str:
     """A value as the owner wrote it, short enough for one line."""
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

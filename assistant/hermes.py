@@ -16,8 +16,12 @@ class HermesPublisher:
     def __init__(self, url: str, site_id: str = "default", client_id: str = "assistant-hotword"):
         import paho.mqtt.client as mqtt
 
-        u = urlsplit(url)
-        if u.scheme != "mqtt" or not u.hostname:
+        try:
+            u = urlsplit(url)
+            port = u.port  # ValueError for a port that is not a number in 0-65535
+        except ValueError:
+            u, port = None, None
+        if u is None or u.scheme != "mqtt" or not u.hostname:
             raise AssistantError(f"local broker URL must look like mqtt://localhost:1883, got {url!r}")
         self.site_id = site_id
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
@@ -25,7 +29,7 @@ class HermesPublisher:
             self._client.username_pw_set(u.username, u.password)
         self._connected = threading.Event()
         self._client.on_connect = lambda c, ud, fl, rc, pr: self._connected.set() if not rc.is_failure else None
-        self._client.connect_async(u.hostname, u.port or 1883, 30)
+        self._client.connect_async(u.hostname, port or 1883, 30)
         self._client.loop_start()
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:

@@ -134,3 +134,16 @@ def test_soak_benchmark_runs_rounds_back_to_back_and_counts_the_intruders_reject
     assert result["participants_min"] == 30 and result["devices"] == 30 and result["clerks"] == 6
     assert result["junk_sent"] >= 7 * result["rounds_completed"]
     assert result["messages_rejected"] > 0 and result["messages_rejected"] >= result["junk_sent"]
+
+
+def test_fuzz_benchmark_runs_every_target_with_atheris_and_reports_its_inputs():
+    """bench/fuzz.py, 100 inputs per target: every target runs coverage-guided (atheris is in the bench extra)
+    and finds nothing; the counts are libFuzzer's."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz.py"), "--runs", "100"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["engine"] == "atheris" and result["crashes_total"] == 0
+    assert len(result["targets"]) >= 15
+    assert all(t["inputs"] >= 100 and t["crashes"] == 0 for t in result["targets"].values()), result
+    assert result["inputs_total"] == sum(t["inputs"] for t in result["targets"].values())

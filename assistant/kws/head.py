@@ -7,12 +7,21 @@ forward pass and the gradient of the binary cross-entropy written out (no autogr
 
 from __future__ import annotations
 
+import lzma
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError
+
+#: What np.load (allow_pickle=False) and reading the arrays of a damaged or foreign .npz raise: not a zip, a bad
+#: CRC, an unknown compression method (NotImplementedError) or an encrypted member (RuntimeError), truncated or
+#: corrupt compressed data, a plain .npy (no context manager: TypeError), a missing key, a pickled array.
+NPZ_ERRORS = (OSError, EOFError, KeyError, ValueError, TypeError, RuntimeError, zipfile.BadZipFile, zlib.error,
+              lzma.LZMAError)
 
 _KEYS = ("W1", "b1", "w2", "b2")
 
@@ -41,7 +50,7 @@ class Head:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(*(z[k].astype(np.float64) for k in _KEYS), int(z["window"]), int(z["embed"]))
-        except (OSError, KeyError, ValueError) as exc:
+        except NPZ_ERRORS as exc:
             raise ModelError(f"{path}: not a head file ({exc})") from exc
 
     def save(self, path: Path) -> None:

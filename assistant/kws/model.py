@@ -24,6 +24,7 @@ from .head import Head
 CHECKOUT = Path(__file__).resolve().parents[2] / "models"
 MODELS_ENV = "ASSISTANT_MODELS"
 DEFAULT_WAKEWORD = "hey_snips"
+_FILES = ("backbone.onnx", "head.npz")  # what a card must list, with their SHA-256
 
 
 def shipped_root(env: Mapping[str, str] = os.environ, prefix: str = sys.prefix) -> Path:
@@ -83,9 +84,11 @@ def load_model(directory: Path) -> ModelFiles:
         card = json.loads(card_path.read_text())
         files = card["files"]
         wakeword = str(card["wakeword"])
+        if not isinstance(files, dict) or not all(isinstance(files.get(n, {}), dict) for n in _FILES):
+            raise TypeError("files: expected a map of file name to {sha256, bytes}")
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{card_path}: not a valid model card ({exc})") from exc
-    for name in ("backbone.onnx", "head.npz"):
+    for name in _FILES:
         path = directory / name
         if not path.is_file():
             raise ModelError(f"{path}: missing")
@@ -93,6 +96,7 @@ def load_model(directory: Path) -> ModelFiles:
         if want != sha256_file(path):
             raise ModelError(f"{path}: SHA-256 does not match its card (corrupt or replaced file)")
     threshold = card.get("threshold")
-    if threshold is not None and not 0.0 < float(threshold) < 1.0:
-        raise ModelError(f"{card_path}: threshold {threshold} is not a probability in (0, 1)")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                  or not 0.0 < threshold < 1.0):
+        raise ModelError(f"{card_path}: threshold {threshold!r:.40} is not a probability in (0, 1)")
     return ModelFiles(directory, wakeword, None if threshold is None else float(threshold), card)

@@ -68,7 +68,10 @@ def read_coordinator_key(value: str) -> bytes:
     text = value.strip()
     path = Path(text)
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text) and path.is_file():
-        text = path.read_text().strip()
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AssistantError(f"coordinator key file {path}: cannot read it as text ({exc})") from exc
         if text.startswith("{"):
             try:
                 text = str(json.loads(text)["sign_key"])

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kws.head import NPZ_ERRORS
 from .atomic import save_npz_atomic
 from .errors import LearningError
 from .privacy import RoundCost
@@ -165,5 +166,5 @@ def load_state(path: Path) -> FedAdamState:
                                 z["released"].astype(np.float64), FedAdamConfig(lr, b1, b2, tau), int(z["step"]),
                                 tuple(str(r) for r in z["rounds"]), tuple(str(r) for r in z["pending"]),
                                 float(z["rho"]), int(z["released_version"]))
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except NPZ_ERRORS as exc:
         raise LearningError(f"{path}: not a FedAdam state ({exc})") from exc

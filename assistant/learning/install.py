@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -158,6 +159,11 @@ class ModelVersions:
         try:
             state = json.loads((self.root / STATE_FILE).read_text())
         except (OSError, ValueError):
+            state = None
+        if not _well_formed(state):
+            if state is not None:
+                log.warning("%s: not a state of installed versions; starting again from the current version",
+                            self.root / STATE_FILE)
             state = {"installed": [], "refused": {}, "highest_seen": 0}
         current, installed = self.current_version(), state["installed"]
         if not installed or installed[-1] != current:
@@ -259,6 +265,17 @@ def _link(root: Path, version: int) -> None:
     os.symlink(f"versions/{version}", tmp)
     os.replace(tmp, root / "current")
     fsync_path(root)
+
+
+def _well_formed(state: object) -> bool:
+    """Whether `state` has the shape _write_state writes: installed [int], refused {"int": str}, highest_seen int."""
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return (isinstance(state, dict) and isinstance(state.get("installed"), list)
+            and all(whole(v) for v in state["installed"]) and isinstance(state.get("refused"), dict)
+            and all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, str) for k, v in state["refused"].items())
+            and whole(state.get("highest_seen")))
 
 
 def _write_state(root: Path, state: dict) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from ..audio import FRAME_SAMPLES, SAMPLE_RATE
 from ..kws.backbone import Backbone, sha256_file
 from ..kws.features import HOP, WIN, log_mel
-from ..kws.head import Head
+from ..kws.head import NPZ_ERRORS, Head
 from .atomic import save_npz_atomic
 from .errors import LearningError
 
@@ -114,7 +114,7 @@ class ValidationSet:
                     raise LearningError(f"{path}: validation set format {int(z['format'])}, not {SET_FORMAT}")
                 return cls(z["embeddings"].astype(np.float32), z["lengths"].astype(np.int64),
                            z["labels"].astype(np.int8), int(z["window"]), str(z["backbone_sha256"]), str(z["recipe"]))
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except NPZ_ERRORS as exc:
             raise LearningError(f"{path}: not a validation set ({exc})") from exc
 
 

@@ -37,7 +37,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ..kws.head import Head
+from ..kws.head import NPZ_ERRORS, Head
 from ..store import Record, Store
 from .atomic import save_npz_atomic
 from .errors import LearningError
@@ -126,7 +126,7 @@ class Verifier:
                 v = cls(int(window), int(embed), z["mean"].astype(np.float64), z["scale"].astype(np.float64),
                         z["weights"].astype(np.float64), float(bias), float(threshold), int(n_t), int(n_f),
                         float(cv_t), float(cv_f))
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except NPZ_ERRORS as exc:
             raise LearningError(f"{path}: not a verifier ({exc})") from exc
         if not all(a.shape == (v.window * v.embed,) for a in (v.mean, v.scale, v.weights)):
             raise LearningError(f"{path}: verifier arrays do not match its ({v.window}, {v.embed}) window")

@@ -57,10 +57,14 @@ class BrokerConfig:
         """mqtt://[user:pass@]host[:port] or mqtts://... (TLS with the system CAs)."""
         from urllib.parse import urlsplit
 
-        u = urlsplit(url)
+        try:
+            u = urlsplit(url)
+            port = u.port  # ValueError for a port that is not a number in 0-65535
+        except ValueError as exc:
+            raise TransportError(f"broker URL must look like mqtt://host:1883, got {url!r} ({exc})") from None
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise TransportError(f"broker URL must look like mqtt://host:1883, got {url!r}")
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        port = port or (8883 if u.scheme == "mqtts" else 1883)
         fields = {"host": u.hostname, "port": port, "username": u.username, "password": u.password}
         if u.scheme == "mqtts":
             fields["tls_ca"] = kw.pop("tls_ca", None) or "system"

@@ -86,19 +86,41 @@ class Credentials:
         try:
             d = yaml.safe_load(Path(path).read_text())
             b, c = d["broker"], d["coordinator"]
-            return cls(
-                party_id=str(d["party_id"]), role=str(d["role"]),
-                broker=BrokerConfig(host=str(b["host"]), port=int(b["port"]), username=b.get("username"),
-                                    password=b.get("password"), tls_ca=b.get("tls_ca"),
-                                    protocol=str(b.get("protocol", "auto"))),
-                coordinator_id=str(c["id"]), coordinator_sign_key=bytes.fromhex(c["sign_key"]),
+            creds = cls(
+                party_id=_scalar(d["party_id"]), role=_scalar(d["role"]),
+                broker=BrokerConfig(host=_scalar(b["host"]), port=int(b["port"]), username=_text(b, "username"),
+                                    password=_text(b, "password"), tls_ca=_text(b, "tls_ca"),
+                                    protocol=_scalar(b.get("protocol", "auto"))),
+                coordinator_id=_scalar(c["id"]), coordinator_sign_key=bytes.fromhex(c["sign_key"]),
                 coordinator_box_key=bytes.fromhex(c["box_key"]),
             )
         except (OSError, yaml.YAMLError) as exc:
             raise SdaError(f"cannot read credentials {path}: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: port: .inf
             raise SdaError(f"credentials {path}: missing or malformed entry {exc}") from exc
+        if not 0 < creds.broker.port < 65536:
+            raise SdaError(f"credentials {path}: broker port {creds.broker.port} is not in 1-65535")
+        for name, key in (("sign_key", creds.coordinator_sign_key), ("box_key", creds.coordinator_box_key)):
+            if len(key) != crypto.KEY_BYTES:
+                raise SdaError(f"credentials {path}: coordinator {name} of {len(key)} bytes, need {crypto.KEY_BYTES}")
+        return creds
 
     def save(self, path: Path) -> None:
         """Write with mode 0600 (it holds the broker password)."""
         write_private(Path(path), self.to_yaml().encode())
+
+
+def _scalar(v: object) -> str:
+    """A name, as text (YAML reads `party_id: 42` as a number); TypeError for a list or a map (whose str could be
+    YAML aliases expanded a billion times)."""
+    if isinstance(v, list | dict):
+        raise TypeError(f"expected a name, got a {type(v).__name__}")
+    return str(v)
+
+
+def _text(d: dict, key: str) -> str | None:
+    """An optional text entry of a credentials map; TypeError for a list, a map or a number."""
+    v = d.get(key)
+    if v is not None and not isinstance(v, str):
+        raise TypeError(f"{key}: expected text, got {type(v).__name__}")
+    return v
