@@ -37,7 +37,7 @@ from .analytics.counters import count, count_at_hour, count_quietly
 from .audio import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, RingBuffer
 from .config import default_store_dir  # noqa: F401  (re-exported: where the store lives by default)
 from .control import ControlServer, default_control_path
-from .errors import AssistantError, ControlError
+from .errors import AssistantError, ControlError, StoreError
 from .kws.engine import Engine, Step
 from .kws.model import ModelFiles, load_model
 from .learning.verifier import PersonalVerifier, VerifierPolicy
@@ -182,6 +182,9 @@ class _StoreWriter:
                 if time.monotonic() >= due:
                     due = time.monotonic() + SETTINGS_REFRESH_S
                     self._refresh()
+            except StoreError as exc:  # a full disk, say: one line per write, the service keeps listening
+                log.error("store write failed: %s", exc)
+                self._on_error()
             except Exception:  # a failed write is logged (and counted); the service keeps listening
                 log.exception("store write failed")
                 self._on_error()
@@ -343,8 +346,8 @@ class DeviceService:
         if self._personal is not None:
             try:
                 self._personal.refresh()
-            except AssistantError as exc:  # e.g. a verifier file it cannot write: detections pass meanwhile
-                log.warning("personal verifier not retrained: %s", exc)
+            except (AssistantError, OSError) as exc:  # e.g. a verifier file it cannot write (a full disk):
+                log.warning("personal verifier not retrained: %s", exc)  # detections pass meanwhile
                 count_quietly(self._store, "error.verifier_train")
 
     def _refresh_settings(self) -> None:
@@ -417,7 +420,7 @@ class DeviceService:
             if self._personal is not None:  # over the new head's windows, before it hears anything
                 try:
                     self._personal.retrain(engine.head)
-                except AssistantError as exc:
+                except (AssistantError, OSError) as exc:  # OSError: a full disk
                     log.warning("personal verifier not retrained for the new model: %s", exc)
                     count_quietly(self._store, "error.verifier_train")
             with self._lock:

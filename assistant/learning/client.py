@@ -34,11 +34,11 @@ from ..analytics.counters import count_quietly
 from ..errors import AssistantError
 from ..kws.head import Head
 from ..kws.model import load_model
-from ..store import Store
+from ..store import RoundStatus, Store
 from .errors import LearningError
 from .participate import NotEligible, PreparedParticipation, RoundSpec, prepare, record_refusal
 from .policy import LearningPolicy, Refusal
-from .privacy import DEFAULT_DELTA, Accounting
+from .privacy import DEFAULT_DELTA, Accounting, record_round
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,33 @@ class LearningClient:
 
     def recorded(self, a: Announce) -> None:
         """ParticipantClient's `recorded`: sda has recorded the participation, so spend the round's privacy now
-        (before the publish: a crash after it re-sends the same bytes, never a second gradient)."""
+        (before the publish: a crash after it re-sends the same bytes, never a second gradient).
+
+        sda calls it again before re-sending a participation recorded before a restart: when the crash (or a
+        failed commit) came between sda's record and this ledger row, the round is spent now, before the bytes go
+        out. Its cost depends only on the announce and the clip norm; which rows it used is lost with the crash,
+        so none is marked learned. Raises (StoreError) when the row cannot be written: sda then sends nothing."""
         with self._lock:
             prepared = self._pending.pop(a.aggregation_id, None)
             if prepared is None:
+                self._spend_after_a_crash(a)
                 return
             prepared.commit(self.store)
             self.committed[a.aggregation_id] = prepared
             count_quietly(self.store, "learning.taken")
             log.info("learning round %s: recorded in the privacy ledger (%d labels)", a.aggregation_id,
                      prepared.label_count)
+
+    def _spend_after_a_crash(self, a: Announce) -> None:
+        agg = a.aggregation_id
+        if (agg in self.committed or not is_learning_round(agg, self.model_id)
+                or self.store.learning_round(agg) is not None):
+            return
+        spec = RoundSpec.from_announce(a, self.clip_norm(), self.accounting)
+        record_round(self.store, agg, spec.cost(), 0, RoundStatus.COMPLETED, delta=self.delta)
+        count_quietly(self.store, "learning.taken")
+        log.warning("learning round %s: recorded in the privacy ledger on re-sending: the participation was"
+                    " recorded, but not yet its cost, when the device stopped", agg)
 
     def participant_client(self, config: ParticipantConfig, identity: crypto.Identity,
                            log_: ParticipationLog | None = None) -> ParticipantClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -30,10 +31,19 @@ def write_partial(clip_dir: Path, name: str, samples: np.ndarray) -> Path:
     """Write int16 `samples` (n,) for clip `name` to a partial file and fsync it; `publish` renames it.
 
     The partial's name carries this process's id, so opening the store can tell a crashed writer's
-    leftovers from a clip another process is writing right now."""
+    leftovers from a clip another process is writing right now.
+
+    A write that fails (a full disk) removes its partial file, which would otherwise hold the space until the
+    store is next opened, and raises StoreError ("store full: ..." for ENOSPC or EDQUOT)."""
     partial = clip_file(clip_dir, name).with_name(f"{name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    write_wav(partial, samples)
-    fsync_path(partial)
+    try:
+        write_wav(partial, samples)
+        fsync_path(partial)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StoreError(f"{'store full: ' if full else ''}clip {name} not written to {clip_dir}:"
+                         f" {exc.strerror or exc}") from exc
     return partial
 
 

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,26 @@ class Store(LockedDatabase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """LockedDatabase's transaction, with a failure of the database itself (a full disk, an I/O error) as a
+        StoreError naming the store, and the transaction rolled back even when COMMIT is what failed (SQLite
+        may or may not roll back by itself after SQLITE_FULL or SQLITE_IOERR). IntegrityError passes through:
+        the methods that expect one (a round or a job recorded twice) turn it into their own StoreError."""
+        try:
+            with super()._tx() as db:
+                yield db
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            with self._lock:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            raise StoreError(f"{'store full: ' if full else ''}the device store {self.db_path} could not be"
+                             f" written: {exc}; nothing of this change was saved") from exc
 
     def _recover(self) -> None:
         """Make rows and files agree after a crash. Runs under the write lock, under which every writer
@@ -273,6 +293,12 @@ class Store(LockedDatabase):
                            (r.round_id, r.time_s, r.epsilon_spent, r.delta, str(r.status), r.label_count))
         except sqlite3.IntegrityError as exc:  # the id is taken, or a CHECK (epsilon >= 0, 0 <= delta < 1) failed
             raise StoreError(f"learning round {r.round_id!r} not recorded: {exc}") from None
+
+    def learning_round(self, round_id: str) -> LearningRound | None:
+        """The ledger's row of one round, or None when this device has not spent (or refused) it."""
+        rows = self._q("SELECT round_id, time, epsilon_spent, delta, status, label_count FROM learning_rounds"
+                       " WHERE round_id = ?", (round_id,))
+        return next((LearningRound(i, t, e, d, RoundStatus(st), n) for i, t, e, d, st, n in rows), None)
 
     def learning_rounds(self, limit: int = 50) -> list[LearningRound]:
         """The latest rounds, newest first."""

@@ -6,6 +6,11 @@ before it is published (where a device commits what taking part cost it). Each
 participation is recorded (with its envelope) before it is published; a device that restarts
 re-publishes a recorded participation if the announce is still up (the server drops duplicates),
 and never computes a second one for the same aggregation.
+
+`recorded` is called again before each such re-publish, so it must be idempotent: a device killed
+between recording a participation and committing its cost commits it then, before anything goes out.
+A participation whose `recorded` raised is not published (it stays in the log, and goes out with the
+next delivery of its announce, after `recorded` succeeded): nothing leaves the device uncommitted.
 """
 
 from __future__ import annotations
@@ -193,8 +198,8 @@ class ParticipantClient:
                 self._deferred[agg] = (topic, payload)  # its clerk snapshot is still on the way
             return
         sent = self.log.envelope(agg)
-        if sent is not None:  # joined before a restart: send the same bytes again
-            if time.time() <= a.participation_deadline:
+        if sent is not None:  # joined before a restart: send the same bytes again, its cost committed first
+            if time.time() <= a.participation_deadline and self._committed(a):
                 self.transport.publish(topics.participation(agg, self.config.device_id), sent)
             return
         try:
@@ -208,10 +213,19 @@ class ParticipantClient:
             log.warning("%s does not take part in %s: %s", self.config.device_id, agg, exc)
             return
         self.log.record(agg, out.envelope)
-        if self.recorded is not None:
-            try:
-                self.recorded(a)
-            except Exception:  # the participation is recorded: it goes out (and comes back after a restart)
-                log.exception("%s: the recorded hook failed for %s", self.config.device_id, agg)
+        if not self._committed(a):
+            return
         self.transport.publish(topics.participation(agg, self.config.device_id), out.envelope)
         self.sent.append(agg)
+
+    def _committed(self, a: Announce) -> bool:
+        """Run the `recorded` hook; False (logged) when it failed: the participation is then kept, not sent."""
+        if self.recorded is None:
+            return True
+        try:
+            self.recorded(a)
+        except Exception:  # kept in the log: it goes out with the announce's next delivery (a restart)
+            log.exception("%s: the recorded hook failed for %s; the participation is kept, not sent",
+                          self.config.device_id, a.aggregation_id)
+            return False
+        return True
