@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,6 +108,9 @@ def run(kind: str, participants: int, clerks: int, dimension: int, device_procs:
     devices = [f"dev{i}" for i in range(participants)]
     clerk_names = [f"clerk{i}" for i in range(clerks)]
     passwords: dict[str, str] = {}
+    # The devices' policy and the announce must agree, and a round asks no more devices than there are: with the
+    # old fixed 100 a run of fewer devices was never announced, and waited for ever.
+    crowd = str(min(100, participants))
     try:
         if kind == "mosquitto":
             log(f"[{kind}] provisioning {participants + clerks + 1} broker users")
@@ -142,7 +146,7 @@ def run(kind: str, participants: int, clerks: int, dimension: int, device_procs:
             stdout=subprocess.DEVNULL, stderr=open(tmp / "coordinator.log", "wb"))  # noqa: SIM115
         procs.append(coord)
         base = ["--broker", f"mqtt://127.0.0.1:{port}", "--protocol", protocol, "--seed", str(SEED),
-                "--coordinator-key", coord_key, "--min-participants", "100", *pw_args]
+                "--coordinator-key", coord_key, "--min-participants", crowd, *pw_args]
         fleets.append(Fleet([*base, "--clerks", str(clerks), "--state", str(tmp / "clerks")], tmp / "clerks.log"))
         per = -(-participants // device_procs)
         for j in range(device_procs):
@@ -158,12 +162,16 @@ def run(kind: str, participants: int, clerks: int, dimension: int, device_procs:
         truth = fleet_sum(SEED, range(participants), dimension)
 
         def request(agg: str) -> None:
-            spec = AggregationSpec(agg, dimension, scale=1.0, clip_lo=-1000, clip_hi=1000, min_participants=100,
+            spec = AggregationSpec(agg, dimension, scale=1.0, clip_lo=-1000, clip_hi=1000, min_participants=int(crowd),
                                    collect_s=300, results_s=300)
             store.create_aggregation(agg, asdict(spec))
 
-        def wait(agg: str, states: tuple[str, ...]):
+        def wait(agg: str, states: tuple[str, ...], timeout_s: float = 900):
+            deadline = time.monotonic() + timeout_s
             while (row := store.aggregation(agg)) is None or row.state not in states:
+                if time.monotonic() > deadline:
+                    tail = (tmp / "coordinator.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{agg} still {row and row.state} after {timeout_s:.0f} s:\n{tail}")
                 time.sleep(0.02)
             return row
 
@@ -208,6 +216,7 @@ def run(kind: str, participants: int, clerks: int, dimension: int, device_procs:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bulk_users(passwd_file: Path, users: dict[str, str]) -> None:
