@@ -559,6 +559,7 @@ def _learning_setup(cfg, store_dir: Path):
         DeviceAnalytics,
         DeviceLearning,
         LearningConfig,
+        StartWhenReachable,
         connection_for,
         default_device_key,
         model_versions_dir,
@@ -593,12 +594,18 @@ def _learning_setup(cfg, store_dir: Path):
             logging.getLogger("assistant.analytics").info(
                 "analytics: not opted in (`assistant analytics opt-in`): no connection")
             return None
-        try:
+        def make():
             if which == "analytics":
-                return DeviceAnalytics(store, config).start().stop
-            return DeviceLearning(store, versions, service.reload, config).start().stop
-        except AssistantError:
+                return DeviceAnalytics(store, config)
+            return DeviceLearning(store, versions, service.reload, config)
+
+        def unreachable() -> None:
             count_quietly(store, "error.broker_unreachable")
+
+        try:  # a broker that does not answer: listen anyway, connect when it is back
+            return StartWhenReachable(make, which, unreachable).start().stop
+        except AssistantError:  # one that refuses the login: stop, as a bad configuration should
+            unreachable()
             raise
 
     return versions.current, attach

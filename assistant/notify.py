@@ -1,6 +1,7 @@
 """systemd's notify protocol (sd_notify(3)), spoken directly: one datagram per message to $NOTIFY_SOCKET.
 
-The service says READY=1 once its model is loaded and its brokers are connected, STATUS= lines that
+The service says READY=1 once its model is loaded and it listens (a local Hermes broker connected; the learning
+broker may come later, see learning.device.StartWhenReachable), STATUS= lines that
 `systemctl status` shows, and WATCHDOG=1 from the audio loop itself: if the microphone stalls or the loop
 hangs, the pings stop and systemd restarts the service (WatchdogSec= in the unit). Outside systemd (no
 $NOTIFY_SOCKET) every call does nothing.

@@ -469,7 +469,8 @@ def serve(config: ServiceConfig, store_dir: Path, frames: Iterable[np.ndarray], 
     to the service (learning.device: rounds and releases), stopped by the callable it returns; everything
     closed and the socket removed on the way out. AssistantError when it cannot start.
 
-    `notifier` (systemd) hears READY once the model is loaded and every broker is connected, a watchdog
+    `notifier` (systemd) hears READY once the model is loaded, Hermes is connected and `attach` returned (it may
+    leave a learning broker that does not answer to a background thread: the device listens meanwhile), a watchdog
     ping per frame of the audio loop (rate-limited), and STOPPING on the way out."""
     model = load_model(config.model_dir)  # a bad model stops here, before anything is created on disk
     control = ControlServer(control_path or default_control_path(store_dir))  # a second service stops here

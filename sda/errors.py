@@ -52,5 +52,10 @@ class TransportError(SdaError):
     """The broker or the connection to it failed."""
 
 
+class BrokerUnreachable(TransportError):
+    """No broker answered (nothing listening, no route, no CONNACK in time): worth trying again later, unlike a
+    broker that answered and refused the login."""
+
+
 class StorageError(SdaError):
     """The service's database refused an operation or holds something unexpected."""

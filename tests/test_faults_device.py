@@ -401,3 +401,76 @@ def test_a_full_disk_under_the_store_loses_no_label_and_the_service_keeps_listen
         sub.disconnect()
         hermes.stop()
         hermes.cleanup()
+
+
+def _learning_device(tmp_path: Path, broker: MosquittoBroker, password: str) -> tuple[subprocess.Popen, Path]:
+    """`assistant run` of an opted-in device whose learning broker is `broker` (started or not); (process, log)."""
+    from sda import crypto
+    from sda.mqtt.transport import BrokerConfig
+
+    shipped = tmp_path / "shipped"
+    make_model(shipped, wrong_but_alive(direction()))
+    store_dir = tmp_path / "store"
+    with Store(store_dir):
+        pass
+    assert main(["learning", "opt-in", "--budget", "10", "--store", str(store_dir), "--model", str(shipped)]) == 0
+    coordinator = crypto.Identity.generate().public()
+    cred = tmp_path / "dev0.yaml"
+    Credentials("dev0", "device", BrokerConfig(broker.host, broker.port, "dev0", password), "coordinator",
+                coordinator.sign_key, coordinator.box_key).save(cred)
+    log = tmp_path / "dev0.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "run", "--input", "-", "--store",
+                                 str(store_dir), "--model", str(shipped), "--credentials", str(cred)],
+                                stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def test_a_device_whose_broker_is_down_listens_at_once_and_joins_when_it_comes_up(tmp_path, capsys):
+    """Power comes back and the Pi is up before the router: the service listens (and says so) without its learning
+    broker, and registers with it, from the same process, once the broker answers. A broker that answers and
+    refuses the login still stops the service, as a wrong password should."""
+    import paho.mqtt.client as mqtt
+
+    from sda.mqtt import topics
+
+    broker = MosquittoBroker(users=("coordinator", "dev0"))  # its port is chosen, nothing listens there yet
+    proc, log = _learning_device(tmp_path, broker, broker.passwords["dev0"])
+    try:
+        text = lambda: log.read_text(errors="replace")  # noqa: E731
+        wait_for(lambda: "listening anyway" in text() and "listening to" in text(), 60, "the service to listen",
+                 text)
+        assert proc.poll() is None
+        broker.start()
+        wait_for(lambda: "connected after the broker came back" in text(), 60, "the device to connect", text)
+        assert "takes part in rounds of" in text()
+        got: list[str] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="check")
+        sub.username_pw_set("coordinator", broker.passwords["coordinator"])
+        sub.on_message = lambda c, u, m: got.append(m.topic)
+        sub.connect(broker.host, broker.port)
+        sub.subscribe(topics.registration("dev0"), qos=1)
+        sub.loop_start()
+        try:
+            wait_for(lambda: got, 20, "the device's retained registration", text)
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+        proc.stdin.close()
+        assert proc.wait(30) == 0, text()
+        assert "Traceback" not in text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        broker.cleanup()
+
+    refused = MosquittoBroker(users=("coordinator", "dev0")).start()
+    try:
+        proc, log = _learning_device(tmp_path / "refused", refused, "not-the-password")
+        assert proc.wait(60) == 1, log.read_text()
+        assert "cannot reach the broker" in log.read_text() and "listening anyway" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        refused.cleanup()

@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sda.errors import SdaError
+from sda.errors import BrokerUnreachable, SdaError
 from sda.mqtt.transport import BrokerConfig, Transport
 from sda.protocol.participant import ParticipantPolicy
 from sda.services.keys import Credentials, load_or_create_identity
@@ -37,6 +38,7 @@ from ..analytics.participate import AnalyticsClient
 from ..errors import AssistantError
 from ..store import Store
 from .client import LearningClient, model_clip_norm, model_head
+from .errors import BrokerOffline
 from .install import ModelVersions, Outcome, ReleaseInstaller, ReleaseListener, Trust
 from .policy import LearningPolicy
 
@@ -182,8 +184,9 @@ class DeviceLearning:
             self._started.append(self.participant.stop)
         except (SdaError, OSError) as exc:
             self.stop()
-            raise AssistantError(f"learning: cannot reach the broker {self.config.broker.host}:"
-                                 f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
+            kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
+            raise kind(f"learning: cannot reach the broker {self.config.broker.host}:"
+                       f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
         log.info("learning: %s takes part in rounds of %s (crowds of %d or more) and installs its releases",
                  self.config.device_id, self.config.model_id, self.config.min_crowd)
         return self
@@ -220,8 +223,10 @@ class DeviceAnalytics:
         try:
             self.participant.start(timeout_s)
         except (SdaError, OSError) as exc:
-            raise AssistantError(f"analytics: cannot reach the broker {self.config.broker.host}:"
-                                 f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
+            self.participant.stop()
+            kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
+            raise kind(f"analytics: cannot reach the broker {self.config.broker.host}:"
+                       f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
         log.info("analytics: %s answers the daily analytics announces (not opted in to learning)",
                  self.config.device_id)
         return self
@@ -229,3 +234,66 @@ class DeviceAnalytics:
     def stop(self) -> None:
         """Disconnect."""
         self.participant.stop()
+
+
+class StartWhenReachable:
+    """Start a connection (a DeviceLearning or DeviceAnalytics, made afresh by `make` for each try) now if its
+    broker answers, or else keep trying from a thread of its own, the pause doubling from `first_pause_s` up to
+    `max_pause_s`, until it connects or `stop()`: a wake-word device listens from the start and joins rounds once
+    its broker is back (a power cut that brings the Pi up before the router, a broker being restarted).
+
+    A broker that answers and refuses the login raises at once (AssistantError), as a bad configuration should;
+    met during the retries, it ends them with one logged error (the service keeps listening)."""
+
+    def __init__(self, make: Callable[[], DeviceLearning | DeviceAnalytics], what: str,
+                 on_unreachable: Callable[[], None] | None = None, first_pause_s: float = 5.0,
+                 max_pause_s: float = 300.0):
+        self.make, self.what, self.on_unreachable = make, what, on_unreachable
+        self.first_pause_s, self.max_pause_s = first_pause_s, max_pause_s
+        self.connection: DeviceLearning | DeviceAnalytics | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StartWhenReachable:
+        try:
+            self.connection = self.make().start()
+        except BrokerOffline as exc:
+            self._unreachable(exc)
+            self._thread = threading.Thread(target=self._retry, name=f"{self.what}-connect", daemon=True)
+            self._thread.start()
+        return self
+
+    def _unreachable(self, exc: BrokerOffline) -> None:
+        log.warning("%s; listening anyway, and trying again in the background", exc)
+        if self.on_unreachable is not None:
+            self.on_unreachable()
+
+    def _retry(self) -> None:
+        pause = self.first_pause_s
+        while not self._stopping.wait(pause):
+            try:
+                connection = self.make().start()
+            except BrokerOffline:
+                pause = min(2 * pause, self.max_pause_s)
+                continue
+            except AssistantError as exc:
+                log.error("%s; no more tries until the service restarts", exc)
+                return
+            with self._lock:
+                if self._stopping.is_set():  # stop() came while this try was connecting
+                    connection.stop()
+                    return
+                self.connection = connection
+            log.info("%s: connected after the broker came back", self.what)
+            return
+
+    def stop(self) -> None:
+        """Stop trying, and disconnect what did connect."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        with self._lock:
+            if self.connection is not None:
+                self.connection.stop()
+                self.connection = None

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..errors import MessageError, TransportError
+from ..errors import BrokerUnreachable, MessageError, TransportError
 from ..protocol.codec import MAX_MESSAGE_BYTES
 from .framing import PUBLISH_OVERHEAD, Reassembler, frame
 
@@ -140,7 +140,10 @@ class Transport:
             last = self._probe_result or f"no CONNACK from {self.config.host}:{self.config.port}"
             if self._probe_result not in ("unsupported", "closed", None):
                 break  # refused for another reason (auth) or no broker at all: do not downgrade
-        raise TransportError(f"{self.client_id}: cannot connect to {self.config.host}:{self.config.port}: {last}")
+        # Nobody answered (or the connection closed before a CONNACK): perhaps later; a refusal is final.
+        unreachable = self._probe_result in (None, "closed")
+        raise (BrokerUnreachable if unreachable else TransportError)(
+            f"{self.client_id}: cannot connect to {self.config.host}:{self.config.port}: {last}")
 
     def stop(self) -> None:
         """Disconnect cleanly; queued QoS 1 messages stay in the broker-side session."""
@@ -249,6 +252,7 @@ class Transport:
         c.max_inflight_messages_set(100)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         return c
@@ -288,6 +292,13 @@ class Transport:
             self._probe.set()
         except Exception:  # never let an exception kill paho's network thread
             log.exception("%s: error in on_connect", self.client_id)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # No TCP connection at all (refused, no route): say so at once instead of waiting out the probe. Later
+        # failures (paho reconnecting after a loss) change nothing: the probe is over.
+        if client is self._client and not self._probe.is_set():
+            self._probe_result = None
+            self._probe.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if client is not self._client:
