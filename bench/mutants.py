@@ -196,6 +196,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        return True  # mutant\n",
            ("tests/test_learning.py::test_the_ledger_refuses_a_round_over_budget",),
            "the privacy ledger says a round over budget is not affordable"),
+    Mutant("privacy_cost_before_resend", "sda/services/participant.py",
+           "            if time.time() <= a.participation_deadline and self._committed(a):\n",
+           "            if time.time() <= a.participation_deadline:  # mutant\n",
+           ("tests/test_faults_device.py::test_kill_9_of_a_device_at_each_point_of_a_learning_round",),
+           "a participation recorded before a crash is re-sent only after its privacy cost is committed"),
+    Mutant("privacy_cost_before_send", "sda/services/participant.py",
+           "        if not self._committed(a):\n            return\n",
+           "        if False:  # mutant\n            return\n",
+           ("tests/test_faults_device.py::test_kill_9_of_a_device_at_each_point_of_a_learning_round",),
+           "a new participation is sent only after its privacy cost is committed"),
 )
 
 

@@ -15,9 +15,13 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     """A connection in WAL mode with synchronous=FULL (a committed row survives power loss) and a
     generous busy timeout; autocommit, so transactions are explicit."""
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
 
 
@@ -46,8 +50,11 @@ def open_versioned(path: Path, schema: str, version: str, what: str) -> sqlite3.
         db.executescript(schema)
         # Two processes may create the database at once (a service and a command reading it): the first
         # writer's version stays, and both read back what is stored.
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (version,))
-        stored = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (version,))
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        stored = row[0]
         if stored != version:
             raise StorageError(f"{path}: {what} schema version {stored}, this code knows {version}")
     except sqlite3.Error as exc:
@@ -62,7 +69,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back by itself (SQLITE_FULL): keep the first error
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

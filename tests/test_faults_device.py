@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from brokers import MosquittoBroker
-from cluster import Cluster, start_inprocess_clerk
+from cluster import Cluster, Spy, start_inprocess_clerk
 from test_learning_cli import current_version, shut_down, status, wait_for, wrong_but_alive
 from test_learning_round import direction, make_model, seed_store, validation_set
 from test_service import CLIP, LOUD, QUIET, sound
@@ -97,7 +97,7 @@ def test_kill_9_of_a_device_at_each_point_of_a_learning_round(tmp_path, capsys):
     c = Cluster(tmp_path, clerks=3, devices=DEVICES)
     victims = dict(zip(POINTS, (str(n) for n in rng.permutation(c.device_names[:len(POINTS)])), strict=True))
     why = f"FAULT_SEED={seed}, kill points {victims}"
-    clerks, devices, tui = [], {}, None
+    clerks, devices, tui, spy = [], {}, None, None
 
     def start(name: str) -> subprocess.Popen:
         store_dir, log = tmp_path / name / "store", tmp_path / f"{name}.log"
@@ -149,6 +149,7 @@ def test_kill_9_of_a_device_at_each_point_of_a_learning_round(tmp_path, capsys):
         tui.execute("BEGIN IMMEDIATE")  # the owner's TUI writing (held until the kill below)
         frozen = devices[victims["after_announce_before_taking_part"]][0]
         frozen.send_signal(signal.SIGSTOP)
+        spy = Spy(c, f"sda/v1/agg/{ROUND}/participation/#")  # what each device really published
         c._spawn("coordinator", ["-m", "assistant.cli", "coordinator", "--state", str(c.state), "--broker",
                                  c.url("coordinator"), "--model", str(shipped), "--validation",
                                  str(tmp_path / "validation.npz"), "--every", "1", "--rounds", "1",
@@ -192,7 +193,9 @@ def test_kill_9_of_a_device_at_each_point_of_a_learning_round(tmp_path, capsys):
         tui.execute("COMMIT")
         tui.close()
         tui = None
-        assert name not in {p[0] for p in c.store.participations(ROUND)}, why  # nothing was published
+        time.sleep(0.5)  # anything it had published would have reached the spy by now
+        assert spy.captured(f"/participation/{name}") == [], why  # nothing left the device unspent
+        assert name not in {p[0] for p in c.store.participations(ROUND)}, why
         start(name)
 
         for name in victims.values():
@@ -225,9 +228,14 @@ def test_kill_9_of_a_device_at_each_point_of_a_learning_round(tmp_path, capsys):
         for proc, _, log in devices.values():
             proc.stdin.close()
             assert proc.wait(30) == 0, f"{why}\n{log.read_text()}"
-        # the one killed between record and ledger spent the round on restart, before re-sending the same bytes
-        assert "recorded in the privacy ledger on re-sending" in log_of(victims["between_recording_and_spending"])
+        # the one killed between record and ledger spent the round on restart, before re-sending the same bytes;
+        # killed while its ledger commit waited, not after the commit gave up (the store's 30 s busy timeout)
+        text = log_of(victims["between_recording_and_spending"])
+        assert "recorded in the privacy ledger on re-sending" in text and "the recorded hook failed" not in text
+        assert len({p for _, p in spy.captured("/participation/")}) == DEVICES, why  # one message per device
     finally:
+        if spy is not None:
+            spy.close()
         if tui is not None:
             tui.close()
         for proc, _, _ in devices.values():
@@ -474,3 +482,43 @@ def test_a_device_whose_broker_is_down_listens_at_once_and_joins_when_it_comes_u
         if proc.poll() is None:
             proc.kill()
         refused.cleanup()
+
+
+def test_retrying_a_silent_broker_stops_on_request_and_on_a_refused_login(tmp_path, caplog):
+    """StartWhenReachable with the real analytics connection: stop() while it waits for a silent broker ends its
+    thread with nothing connected; a broker that, once up, refuses the login ends the tries with one error."""
+    import logging
+
+    from assistant.learning.device import DeviceAnalytics, LearningConfig, StartWhenReachable
+    from sda import crypto
+
+    broker = MosquittoBroker(users=("dev0",))  # not started yet
+    key = crypto.Identity.generate().public().sign_key.hex()
+    with Store(tmp_path / "store") as store:
+        def make(password: str):
+            config = LearningConfig.from_url(f"mqtt://dev0:{password}@{broker.host}:{broker.port}", key,
+                                             tmp_path / "device.key", "hey_snips")
+            return lambda: DeviceAnalytics(store, config)
+
+        waiting = StartWhenReachable(make(broker.passwords["dev0"]), "analytics", first_pause_s=0.2).start()
+        assert waiting.connection is None and waiting._thread.is_alive()
+        time.sleep(1.0)  # a few tries against nothing
+        started = time.monotonic()
+        waiting.stop()
+        assert not waiting._thread.is_alive() and waiting.connection is None
+        assert time.monotonic() - started < 15
+
+        refusals: list[int] = []
+        with caplog.at_level(logging.INFO, logger="assistant.learning.device"):
+            refused = StartWhenReachable(make("wrong"), "analytics", on_unreachable=lambda: refusals.append(1),
+                                         first_pause_s=0.5).start()
+            try:
+                assert refusals == [1]
+                broker.start()
+                refused._thread.join(30)
+                assert not refused._thread.is_alive() and refused.connection is None
+            finally:
+                refused.stop()
+                broker.cleanup()
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "no more tries" in errors[0].getMessage(), caplog.text

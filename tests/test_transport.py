@@ -12,7 +12,7 @@ from brokers import MosquittoBroker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sda.errors import MessageError, TransportError
+from sda.errors import BrokerUnreachable, MessageError, TransportError
 from sda.mqtt.broker import EmbeddedBroker
 from sda.mqtt.framing import Reassembler, frame
 from sda.mqtt.transport import BrokerConfig, Transport
@@ -154,9 +154,31 @@ def test_bad_credentials_fail_fast_without_downgrading(small_packet_broker):
     b = small_packet_broker
     t = Transport("bad", BrokerConfig(host=b.host, port=b.port, username="dev1", password="wrong"), Inbox())
     start = time.monotonic()
-    with pytest.raises(TransportError, match="cannot connect"):
+    with pytest.raises(TransportError, match="cannot connect") as refused:
         t.start(timeout_s=10)
     assert time.monotonic() - start < 5
+    assert not isinstance(refused.value, BrokerUnreachable)  # an answer: not worth trying again
+
+
+def test_a_certificate_that_does_not_verify_is_a_final_answer_not_an_unreachable_broker(tmp_path):
+    """A TLS listener whose certificate the client's CA did not sign (a wrong CA file, or someone in the middle):
+    a configuration to fix or an attack, so a device must not keep retrying it as if the broker were down."""
+    from brokers import free_port
+    from test_acl import _test_ca
+
+    ca, crt, key = _test_ca(tmp_path)
+    port = free_port()
+    tls = {"port": port, "cafile": ca, "certfile": crt, "keyfile": key, "require_certificate": False}
+    with MosquittoBroker(("dev1",), tls=tls) as b:
+        good = Transport("tls-ok", BrokerConfig(host=b.host, port=port, username="dev1",
+                                                password=b.passwords["dev1"], tls_ca=str(ca)), Inbox())
+        good.start(timeout_s=10)  # the same listener with the right CA: it is up
+        good.stop()
+        t = Transport("tls-bad", BrokerConfig(host=b.host, port=port, username="dev1", password=b.passwords["dev1"],
+                                              tls_ca=str(crt)), Inbox())  # not the CA that signed the server
+        with pytest.raises(TransportError, match="TLS") as failed:
+            t.start(timeout_s=10)
+        assert not isinstance(failed.value, BrokerUnreachable)
 
 
 def test_falls_back_to_mqtt_311_on_the_embedded_broker():
@@ -182,8 +204,10 @@ def test_unreachable_broker_times_out_with_a_clear_error():
     from brokers import free_port
 
     t = Transport("lonely", BrokerConfig(port=free_port()), Inbox())
-    with pytest.raises(TransportError, match="cannot connect"):
-        t.start(timeout_s=1.5)
+    start = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match="cannot connect"):  # worth trying again later
+        t.start(timeout_s=15)
+    assert time.monotonic() - start < 10  # the refused connection is reported, not waited out
 
 
 def test_a_chunked_message_is_redelivered_until_the_service_acknowledges_it(small_packet_broker):

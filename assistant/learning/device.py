@@ -184,9 +184,7 @@ class DeviceLearning:
             self._started.append(self.participant.stop)
         except (SdaError, OSError) as exc:
             self.stop()
-            kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
-            raise kind(f"learning: cannot reach the broker {self.config.broker.host}:"
-                       f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
+            raise _broker_error("learning", self.config, exc) from exc
         log.info("learning: %s takes part in rounds of %s (crowds of %d or more) and installs its releases",
                  self.config.device_id, self.config.model_id, self.config.min_crowd)
         return self
@@ -195,6 +193,13 @@ class DeviceLearning:
         """Disconnect (the last started first); a release being installed is finished first."""
         while self._started:
             self._started.pop()()
+
+
+def _broker_error(what: str, config: LearningConfig, exc: Exception) -> AssistantError:
+    """BrokerOffline when no broker answered (worth trying again), else AssistantError (it refused us)."""
+    kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
+    return kind(f"{what}: cannot reach the broker {config.broker.host}:{config.broker.port} as {config.device_id}:"
+                f" {exc}")
 
 
 def connection_for(learning_opt_in: bool, analytics_opt_in: bool) -> str | None:
@@ -224,9 +229,7 @@ class DeviceAnalytics:
             self.participant.start(timeout_s)
         except (SdaError, OSError) as exc:
             self.participant.stop()
-            kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
-            raise kind(f"analytics: cannot reach the broker {self.config.broker.host}:"
-                       f"{self.config.broker.port} as {self.config.device_id}: {exc}") from exc
+            raise _broker_error("analytics", self.config, exc) from exc
         log.info("analytics: %s answers the daily analytics announces (not opted in to learning)",
                  self.config.device_id)
         return self
@@ -234,6 +237,10 @@ class DeviceAnalytics:
     def stop(self) -> None:
         """Disconnect."""
         self.participant.stop()
+
+
+#: How long stop() waits for a try under way: a DeviceLearning start connects two transports of 15 s each.
+STOP_WAIT_S = 40.0
 
 
 class StartWhenReachable:
@@ -274,12 +281,17 @@ class StartWhenReachable:
         while not self._stopping.wait(pause):
             try:
                 connection = self.make().start()
-            except BrokerOffline:
+            except BrokerOffline as exc:
                 pause = min(2 * pause, self.max_pause_s)
+                log.info("%s; next try in %.0f s", exc, pause)
                 continue
-            except AssistantError as exc:
+            except AssistantError as exc:  # the broker answered and refused: a configuration to fix
                 log.error("%s; no more tries until the service restarts", exc)
                 return
+            except Exception:  # e.g. the store's disk is full: keep listening, and trying
+                pause = min(2 * pause, self.max_pause_s)
+                log.exception("%s: could not start; next try in %.0f s", self.what, pause)
+                continue
             with self._lock:
                 if self._stopping.is_set():  # stop() came while this try was connecting
                     connection.stop()
@@ -292,7 +304,10 @@ class StartWhenReachable:
         """Stop trying, and disconnect what did connect."""
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(30)
+            self._thread.join(STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("%s: a connection attempt is still under way after %.0f s; leaving it", self.what,
+                            STOP_WAIT_S)
         with self._lock:
             if self.connection is not None:
                 self.connection.stop()

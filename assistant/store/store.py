@@ -109,19 +109,19 @@ class Store(LockedDatabase):
         StoreError naming the store, and the transaction rolled back even when COMMIT is what failed (SQLite
         may or may not roll back by itself after SQLITE_FULL or SQLITE_IOERR). IntegrityError passes through:
         the methods that expect one (a round or a job recorded twice) turn it into their own StoreError."""
-        try:
-            with super()._tx() as db:
-                yield db
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            with self._lock:
+        with self._lock:  # held until the rollback below: no other thread sees a half-failed transaction
+            try:
+                with super()._tx() as db:
+                    yield db
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
-            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            raise StoreError(f"{'store full: ' if full else ''}the device store {self.db_path} could not be"
-                             f" written: {exc}; nothing of this change was saved") from exc
+                full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                raise StoreError(f"{'store full: ' if full else ''}the device store {self.db_path} could not be"
+                                 f" written: {exc}; nothing of this change was saved") from exc
 
     def _recover(self) -> None:
         """Make rows and files agree after a crash. Runs under the write lock, under which every writer

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -294,10 +295,13 @@ class Transport:
             log.exception("%s: error in on_connect", self.client_id)
 
     def _on_connect_fail(self, client, userdata) -> None:
-        # No TCP connection at all (refused, no route): say so at once instead of waiting out the probe. Later
-        # failures (paho reconnecting after a loss) change nothing: the probe is over.
+        # No connection (refused, no route): say so at once instead of waiting out the probe. paho calls this
+        # inside its `except OSError`, so the error is at hand: a TLS failure (wrong CA, an expired or forged
+        # certificate, TLS to a plain port) is a final answer, not a broker that is down. Later failures (paho
+        # reconnecting after a loss) change nothing: the probe is over.
         if client is self._client and not self._probe.is_set():
-            self._probe_result = None
+            exc = sys.exc_info()[1]
+            self._probe_result = f"TLS: {exc}" if isinstance(exc, ssl.SSLError) else None
             self._probe.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -249,11 +249,13 @@ class Coordinator:
                     log.exception("error in the coordinator tick")
 
     def _prune_ingest(self) -> None:
-        """Drop the in-memory ingest state of rounds no longer collecting (a worker has no tick)."""
-        for agg in list(self._ingest):
+        """Drop the in-memory ingest state and announces of rounds no longer collecting (a worker has no tick,
+        and never finishes a round)."""
+        for agg in set(self._ingest) | set(self._announces):
             row = self.store.aggregation(agg)
             if row is None or row.state != "collecting":
-                del self._ingest[agg]
+                self._ingest.pop(agg, None)
+                self._announces.pop(agg, None)
 
     def _take_batch(self, limit: int = 512) -> list[tuple[str, bytes, Callable[[], None]]]:
         """Everything queued (up to `limit`), waiting up to one tick for the first message."""
@@ -368,7 +370,8 @@ class Coordinator:
             self._ingest.pop(aggregation_id, None)
             return self._reject("participation", topic, f"{aggregation_id} is not collecting")
         a = self._announce_of(aggregation_id)
-        assert a is not None  # the row has an announce
+        if a is None:  # the row has one: only a store changed under us gets here
+            return self._reject("participation", topic, f"unknown aggregation {aggregation_id!r}")
         if not self._signed_by(topic, payload, device_id, "participation"):
             return None
         server = self._ingest.get(aggregation_id)
