@@ -38,7 +38,7 @@ from ..analytics.participate import AnalyticsClient
 from ..errors import AssistantError
 from ..store import Store
 from .client import LearningClient, model_clip_norm, model_head
-from .errors import BrokerOffline
+from .errors import BrokerOffline, BrokerRefused
 from .install import ModelVersions, Outcome, ReleaseInstaller, ReleaseListener, Trust
 from .policy import LearningPolicy
 
@@ -196,8 +196,8 @@ class DeviceLearning:
 
 
 def _broker_error(what: str, config: LearningConfig, exc: Exception) -> AssistantError:
-    """BrokerOffline when no broker answered (worth trying again), else AssistantError (it refused us)."""
-    kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else AssistantError
+    """BrokerOffline when no broker answered (worth trying again), else BrokerRefused."""
+    kind = BrokerOffline if isinstance(exc, BrokerUnreachable) else BrokerRefused
     return kind(f"{what}: cannot reach the broker {config.broker.host}:{config.broker.port} as {config.device_id}:"
                 f" {exc}")
 
@@ -249,7 +249,7 @@ class StartWhenReachable:
     `max_pause_s`, until it connects or `stop()`: a wake-word device listens from the start and joins rounds once
     its broker is back (a power cut that brings the Pi up before the router, a broker being restarted).
 
-    A broker that answers and refuses the login raises at once (AssistantError), as a bad configuration should;
+    A broker that answers and refuses the login raises at once (BrokerRefused), as a bad configuration should;
     met during the retries, it ends them with one logged error (the service keeps listening)."""
 
     def __init__(self, make: Callable[[], DeviceLearning | DeviceAnalytics], what: str,
@@ -285,10 +285,10 @@ class StartWhenReachable:
                 pause = min(2 * pause, self.max_pause_s)
                 log.info("%s; next try in %.0f s", exc, pause)
                 continue
-            except AssistantError as exc:  # the broker answered and refused: a configuration to fix
+            except BrokerRefused as exc:  # the broker answered and refused: a configuration to fix
                 log.error("%s; no more tries until the service restarts", exc)
                 return
-            except Exception:  # e.g. the store's disk is full: keep listening, and trying
+            except Exception:  # e.g. the store's disk is full (StoreError): keep listening, and trying
                 pause = min(2 * pause, self.max_pause_s)
                 log.exception("%s: could not start; next try in %.0f s", self.what, pause)
                 continue

@@ -10,6 +10,11 @@ class BrokerOffline(AssistantError):
     anyway and connects when the broker is back (device.StartWhenReachable)."""
 
 
+class BrokerRefused(AssistantError):
+    """The learning broker answered and refused the device (a wrong login, a certificate that does not verify):
+    a configuration to fix, not worth trying again."""
+
+
 class LearningError(AssistantError):
     """A learning round this device cannot or must not take part in: the message names the parameter,
     the value that came and what was needed."""
