@@ -120,8 +120,10 @@ def test_aggregation_lifecycle_writes(store):
     assert (row.state, row.spec, row.announce, row.result, row.error) == ("pending", spec, None, None, None)
     assert row.created_at == row.updated_at > 0
     assert store.aggregation("nope") is None
+    assert store.announced_count() == 0
 
     store.set_announced("r1", b"\x00announce\xff")
+    assert store.announced_count() == 1
     row = store.aggregation("r1")
     assert (row.state, row.announce) == ("collecting", b"\x00announce\xff")
     assert row.updated_at >= row.created_at
@@ -155,6 +157,7 @@ def test_aggregation_lifecycle_writes(store):
     row2 = store.aggregation("r2")
     assert (row2.state, row2.result, row2.error) == ("failed", None, "too few participants")
     assert [r.aggregation_id for r in store.aggregations()] == ["r1", "r2"]  # by creation time
+    assert store.announced_count() == 1  # r2 failed before any announce
     assert [r.aggregation_id for r in store.aggregations(("failed", "pending"))] == ["r2"]
 
 

@@ -441,7 +441,9 @@ class Coordinator:
     def _try_announce(self, agg: str, spec: dict, now: float) -> None:
         s = AggregationSpec(**spec)
         assert self.ledger is not None
-        round_number = 1 + sum(1 for r in self.store.aggregations() if r.announce is not None)
+        # A count, not every row: loading each past round's announce and result here made the soak's
+        # coordinator grow with the number of rounds it had run.
+        round_number = 1 + self.store.announced_count()
         cands = self._candidates(round_number)
         drawable = sum(1 for c in cands if c.eligible and c.stake > 0)
         n = min(s.committee_size or drawable, drawable)

@@ -267,6 +267,10 @@ class PostgresStore:
             rows = self._q(_AGG_SELECT + " ORDER BY created_at")
         return [_agg_row(r) for r in rows]
 
+    def announced_count(self) -> int:
+        """How many aggregations were ever announced (the round number of the next draw, minus one)."""
+        return self._q("SELECT COUNT(*) FROM aggregations WHERE announce IS NOT NULL")[0][0]
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None

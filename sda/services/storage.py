@@ -70,6 +70,7 @@ class CoordinatorStore(Protocol):
                error: str | None) -> None: ...
     def aggregation(self, aggregation_id: str) -> AggregationRow | None: ...
     def aggregations(self, states: tuple[str, ...] | None = None) -> list[AggregationRow]: ...
+    def announced_count(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -229,6 +230,10 @@ class SqliteStore(LockedDatabase):
         else:
             rows = self._q(_AGG_SELECT + " ORDER BY created_at")
         return [_agg_row(r) for r in rows]
+
+    def announced_count(self) -> int:
+        """How many aggregations were ever announced (the round number of the next draw, minus one)."""
+        return self._q("SELECT COUNT(*) FROM aggregations WHERE announce IS NOT NULL")[0][0]
 
     def close(self) -> None:
         with self._lock:
